@@ -1,0 +1,140 @@
+"""Every environment variable the worker reads, read once into a typed settings object.
+
+The README's configuration table documents each variable; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+
+JOB_TYPES: tuple[str, ...] = ("music", "image", "dataset", "training")
+
+Profile = Literal["auto", "production", "tiny"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the worker cannot use."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    value = _float(env, name, default, minimum=minimum)
+    if value != int(value):
+        raise ConfigError(f"{name}={env.get(name)!r}: expected a whole number")
+    return int(value)
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
+def _jobs(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("WORKER_JOBS", "").strip()
+    if not raw or raw.lower() == "all":
+        return JOB_TYPES
+    jobs = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    unknown = [job for job in jobs if job not in JOB_TYPES]
+    if unknown:
+        raise ConfigError(f"WORKER_JOBS: unknown job type(s) {unknown}; valid: {', '.join(JOB_TYPES)}")
+    return jobs
+
+
+def _profile(env: Mapping[str, str]) -> Profile:
+    raw = env.get("MODEL_PROFILE", "auto").strip().lower() or "auto"
+    if raw not in ("auto", "production", "tiny"):
+        raise ConfigError(f"MODEL_PROFILE={raw!r}: expected auto, production or tiny")
+    return raw  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The worker's configuration. Build it with `Settings.from_env()`."""
+
+    volume_root: Path | None = None
+    job_data_dir: Path | None = None
+    model_profile: Profile = "auto"
+    worker_jobs: tuple[str, ...] = JOB_TYPES
+    warm_on_start: bool = True
+    cache_wait_timeout_s: float = 1500.0
+    cache_lease_s: float = 60.0
+    cache_verify_sha256: bool = False
+    runpod_hf_cache_dir: Path = Path("/runpod-volume/huggingface-cache/hub")
+    baked_models_dir: Path = Path("/models")
+    checkpoints_dir: Path | None = None
+    progress_interval_s: float = 1.0
+    max_inline_images: int = 64
+    max_image_bytes: int = 20 * 1024 * 1024
+    url_fetch_timeout_s: float = 20.0
+    allow_private_urls: bool = False
+    bucket_endpoint_url: str | None = None
+    bucket_access_key_id: str | None = None
+    bucket_secret_access_key: str | None = None
+    bucket_name: str | None = None
+    bucket_url_expiry_s: int = 7 * 24 * 3600
+    gateway_token: str | None = None
+    gateway_max_upload_bytes: int = 512 * 1024 * 1024
+    log_level: str = "INFO"
+    runpod_serverless: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            volume_root=_path(env, "VOLUME_ROOT"),
+            job_data_dir=_path(env, "JOB_DATA_DIR"),
+            model_profile=_profile(env),
+            worker_jobs=_jobs(env),
+            warm_on_start=_bool(env, "WARM_ON_START", True),
+            cache_wait_timeout_s=_float(env, "CACHE_WAIT_TIMEOUT_S", 1500.0, minimum=1.0),
+            cache_lease_s=_float(env, "CACHE_LEASE_S", 60.0, minimum=5.0),
+            cache_verify_sha256=_bool(env, "CACHE_VERIFY_SHA256", False),
+            runpod_hf_cache_dir=_path(env, "RUNPOD_HF_CACHE_DIR") or Path("/runpod-volume/huggingface-cache/hub"),
+            baked_models_dir=_path(env, "BAKED_MODELS_DIR") or Path("/models"),
+            checkpoints_dir=_path(env, "CHECKPOINTS_DIR"),
+            progress_interval_s=_float(env, "PROGRESS_INTERVAL_S", 1.0, minimum=0.0),
+            max_inline_images=_int(env, "MAX_INLINE_IMAGES", 64, minimum=1),
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1024),
+            url_fetch_timeout_s=_float(env, "URL_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+            allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS", False),
+            bucket_endpoint_url=env.get("BUCKET_ENDPOINT_URL") or None,
+            bucket_access_key_id=env.get("BUCKET_ACCESS_KEY_ID") or None,
+            bucket_secret_access_key=env.get("BUCKET_SECRET_ACCESS_KEY") or None,
+            bucket_name=env.get("BUCKET_NAME") or None,
+            bucket_url_expiry_s=_int(env, "BUCKET_URL_EXPIRY_S", 7 * 24 * 3600, minimum=60),
+            gateway_token=env.get("GATEWAY_TOKEN") or None,
+            gateway_max_upload_bytes=_int(env, "GATEWAY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            # RunPod sets this only on its platform; progress updates go nowhere without it
+            runpod_serverless=bool(env.get("RUNPOD_WEBHOOK_POST_OUTPUT")),
+        )

@@ -1,0 +1,15 @@
+"""One pipeline per job type, imported only when the worker serves that type."""
+
+from __future__ import annotations
+
+import importlib
+
+# job type -> "module:class"; importing a module must stay cheap (torch is imported inside `load`)
+REGISTRY: dict[str, str] = {
+    "image": "worker.pipelines.image:ImagePipeline",
+}
+
+
+def pipeline_class(job_type: str) -> type:
+    module_name, _, class_name = REGISTRY[job_type].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

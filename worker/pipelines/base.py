@@ -1,0 +1,89 @@
+"""What every job pipeline is given and what it returns.
+
+A pipeline is a plain object: `load(env)` once per worker (heavy imports and weights live there), then
+`run(job, ctx)` per job. It reports progress through `ctx.progress`, calls `ctx.check_cancelled()` between
+steps, and writes files only through `ctx.folder`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
+
+from worker.schemas import OutputFile
+from worker.store import JobFolder, JobStore
+
+if TYPE_CHECKING:
+    from worker.config import Settings
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (RunPod cancel or timeout) and stopped between two steps."""
+
+
+class Progress:
+    """Throttled progress: at most one report per `interval_s`, plus the last step."""
+
+    def __init__(self, sink: Callable[[dict[str, Any]], None], interval_s: float = 1.0) -> None:
+        self._sink = sink
+        self._interval_s = interval_s
+        self._last = float("-inf")
+
+    def __call__(self, step: int, total: int, **extra: Any) -> None:
+        now = time.monotonic()
+        if step < total and now - self._last < self._interval_s:
+            return
+        self._last = now
+        self._sink({"step": step, "total": total, **extra})
+
+
+@dataclass
+class JobContext:
+    """Per-job services handed to `Pipeline.run`."""
+
+    job_id: str
+    folder: JobFolder
+    progress: Progress
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    def check_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+@dataclass
+class PipelineOutput:
+    """A pipeline's answer: the files it wrote, its metrics, and fields for the result (seed, sample_rate...)."""
+
+    outputs: list[OutputFile]
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelResolver(Protocol):
+    def __call__(self, name: str) -> Path:
+        """The local folder of a catalog model (logical name), downloading it first if needed."""
+
+
+@dataclass
+class LoadEnv:
+    """What `Pipeline.load` may use: settings, the model resolver, the device, and the other pipelines."""
+
+    settings: "Settings"
+    models: ModelResolver
+    device: str
+    profile: str
+    store: JobStore
+    pipeline: Callable[[str], "Pipeline"]
+
+
+class Pipeline(Protocol):
+    job_type: ClassVar[str]
+    model_names: ClassVar[tuple[str, ...]]
+
+    def load(self, env: LoadEnv) -> None: ...
+
+    def run(self, job: Any, ctx: JobContext) -> PipelineOutput: ...

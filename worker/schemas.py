@@ -1,0 +1,184 @@
+"""Job inputs and results. The models are the API's documentation: every field, default and bound is here.
+
+`parse_job` turns a raw `job["input"]` into one of the typed inputs, or raises `JobInputError` whose message
+names the field (`"width: must be a multiple of 8"`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_SEED = 2**53 - 1  # JSON numbers are exact up to here
+MAX_PROMPT_CHARS = 4000
+
+Seed = Annotated[int | None, Field(default=None, ge=0, le=MAX_SEED, description="Random when omitted; the result says which seed ran.")]
+
+
+class JobInputError(ValueError):
+    """A job input the worker refuses. The message names the field: `"<field>: <reason>"`."""
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+
+def _multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise ValueError(f"must be a multiple of 8 (got {value}; nearest: {round(value / 8) * 8})")
+    return value
+
+
+Side = Annotated[int, Field(ge=64, le=2048, description="Pixels, a multiple of 8.")]
+
+IMAGE_SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc")
+IMAGE_MODELS = ("sdxl-base",)
+
+
+class LoraRef(_Input):
+    """A LoRA to apply to an image job: a `.safetensors` on the volume, or the id of a finished training job."""
+
+    path: str | None = Field(default=None, min_length=1, max_length=1024)
+    job_id: str | None = Field(default=None, min_length=1, max_length=128)
+    scale: float = Field(default=1.0, ge=-4.0, le=4.0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LoraRef":
+        if (self.path is None) == (self.job_id is None):
+            raise ValueError("give exactly one of path or job_id")
+        return self
+
+
+class ImageJob(_Input):
+    """Text to image with an SDXL pipeline."""
+
+    type: Literal["image"] = "image"
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    width: Side = 1024
+    height: Side = 1024
+    steps: int = Field(default=30, ge=1, le=150)
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
+    seed: Seed = None
+    num_images: int = Field(default=1, ge=1, le=8)
+    scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
+    format: Literal["png", "jpeg", "webp"] = "png"
+    model: Literal[IMAGE_MODELS] = "sdxl-base"  # type: ignore[valid-type]
+    loras: list[LoraRef] = Field(default_factory=list, max_length=8)
+
+    _check_width = field_validator("width", "height")(_multiple_of_8)
+
+
+_SECTION = re.compile(r"\[[^\]\n]{1,40}\]")
+_PATH_SUFFIX = re.compile(r"\.(txt|lrc|md|json|yaml|csv)$", re.IGNORECASE)
+
+
+def _looks_like_path(text: str) -> bool:
+    """A single line that reads as a file name. The reference pipeline would open such a file; we never do."""
+    text = text.strip()
+    if "\n" in text or _SECTION.search(text):
+        return False
+    return text.startswith(("/", "./", "../", "~")) or bool(_PATH_SUFFIX.search(text))
+
+
+class MusicJob(_Input):
+    """Lyrics and style tags to a song with HeartMuLa."""
+
+    type: Literal["music"] = "music"
+    lyrics: str = Field(min_length=1, max_length=8000, description="Section markers like [Verse] are kept.")
+    tags: str | list[str] = Field(description="Comma-separated string or a list, e.g. 'piano,happy'.")
+    duration_s: float = Field(default=30.0, gt=0.0, le=360.0)
+    temperature: float = Field(default=1.0, gt=0.0, le=5.0)
+    topk: int = Field(default=50, ge=1, le=8197)
+    cfg_scale: float = Field(default=1.5, ge=1.0, le=10.0)
+    seed: Seed = None
+    format: Literal["wav", "flac", "mp3"] = "wav"
+    codec_steps: int = Field(default=10, ge=1, le=100)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_text(cls, value: str | list[str]) -> str:
+        items = [value] if isinstance(value, str) else value
+        tags = ",".join(part.strip() for item in items for part in item.split(",") if part.strip())
+        if not tags:
+            raise ValueError("give at least one tag")
+        if _looks_like_path(tags):
+            raise ValueError("looks like a file path; send the tags themselves (files are never read)")
+        if len(tags) > 1000:
+            raise ValueError("at most 1000 characters")
+        return tags
+
+    @field_validator("lyrics")
+    @classmethod
+    def _lyrics_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if _looks_like_path(value):
+            raise ValueError("looks like a file path; send the lyrics text itself (files are never read)")
+        return value
+
+
+JobInput = Union[ImageJob, MusicJob]
+
+JOB_MODELS: dict[str, type[_Input]] = {"image": ImageJob, "music": MusicJob}
+
+
+def register_job_model(job_type: str, model: type[_Input]) -> None:
+    """Make `parse_job` accept another job type."""
+    JOB_MODELS[job_type] = model
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One `"<field>: <reason>"` clause per problem, joined by "; "."""
+    clauses = []
+    for problem in error.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"]) or "input"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown field"
+        message = message.removeprefix("Value error, ")
+        clauses.append(f"{field}: {message}")
+    return "; ".join(clauses)
+
+
+def parse_job(raw: Any, enabled: tuple[str, ...] | None = None) -> _Input:
+    """Validate `job["input"]` into its typed model; `enabled` restricts the job types this worker serves."""
+    if not isinstance(raw, dict):
+        raise JobInputError(f"input: expected a JSON object, got {type(raw).__name__}")
+    valid = tuple(t for t in JOB_MODELS if enabled is None or t in enabled)
+    job_type = raw.get("type")
+    if job_type is None:
+        raise JobInputError(f"type: required; valid: {', '.join(valid)}")
+    if job_type not in JOB_MODELS:
+        raise JobInputError(f"type: unknown job type {job_type!r}; valid: {', '.join(valid)}")
+    if job_type not in valid:
+        raise JobInputError(f"type: {job_type!r} is not served by this worker (WORKER_JOBS); valid: {', '.join(valid)}")
+    try:
+        return JOB_MODELS[job_type].model_validate(raw)
+    except ValidationError as error:
+        raise JobInputError(format_validation_error(error)) from None
+
+
+class OutputFile(BaseModel):
+    """A file a job wrote under its job folder."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str = Field(description="Absolute path on the volume.")
+    relpath: str = Field(description="Path relative to the job_data folder: '<job id>/<name>'.")
+    kind: str = Field(description="image, audio, lora, dataset, log, plot, archive, ...")
+    bytes: int
+    sha256: str
+
+
+class JobResult(BaseModel):
+    """What a job returns. Job types add their own fields (seed, sample_rate, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    type: str
+    outputs: list[OutputFile]
+    metrics: dict[str, float | int] = Field(default_factory=dict)

@@ -1,0 +1,178 @@
+"""The `Worker`: start-up (volume, model cache, pipelines) and the handling of one job."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from cache.volume import Volume, resolve_volume
+from worker.config import Settings
+from worker.pipelines import REGISTRY, pipeline_class
+from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Pipeline, PipelineOutput, Progress
+from worker.schemas import JobInputError, JobResult, parse_job
+from worker.store import JobFolder, JobStore, UnsafePathError
+
+log = logging.getLogger(__name__)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Worker:
+    """Serves the enabled job types in-process, one job at a time."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.volume: Volume = resolve_volume(self.settings.volume_root)
+        self.volume.configure_environment()
+        self.store = JobStore(self.volume.job_data_dir(self.settings.job_data_dir))
+        self.jobs = tuple(job for job in self.settings.worker_jobs if job in REGISTRY)
+        self.device = "cpu"
+        self.profile = "tiny"
+        self._started = False
+        self._cache: Any = None
+        self._pipelines: dict[str, Pipeline] = {}
+        self._load_lock = threading.RLock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
+
+    def start(self) -> "Worker":
+        """Pick the device and model profile; with WARM_ON_START, fetch and load every enabled job's models now."""
+        import torch
+
+        from cache import ModelCache
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        requested = self.settings.model_profile
+        self.profile = requested if requested != "auto" else ("production" if self.device == "cuda" else "tiny")
+        if self.profile == "tiny":
+            log.warning("model profile tiny (%s): random-weight demo models, outputs are noise", requested)
+        else:
+            log.info("model profile %s on %s", self.profile, self.device)
+        self._cache = ModelCache(
+            self.volume.models_dir,
+            lease_s=self.settings.cache_lease_s,
+            verify_sha256=self.settings.cache_verify_sha256,
+            runpod_hf_cache_dir=self.settings.runpod_hf_cache_dir,
+            baked_dir=self.settings.baked_models_dir,
+        )
+        self._started = True
+        if self.settings.warm_on_start:
+            for job_type in self.jobs:
+                try:
+                    self.pipeline(job_type)
+                except Exception:
+                    log.exception("warm-up of %s failed; its jobs will retry the load", job_type)
+        return self
+
+    def fitness_check(self) -> None:
+        """RunPod fitness check: the volume must exist and be writable."""
+        self.volume.check_writable()
+
+    def model_path(self, name: str) -> Path:
+        """The local folder of catalog model `name`, fetched through the shared cache if needed."""
+        from cache import catalog
+
+        spec = catalog.get(name, self.profile)
+        return self._cache.ensure(spec, timeout=self.settings.cache_wait_timeout_s)
+
+    def pipeline(self, job_type: str) -> Pipeline:
+        """The loaded pipeline of `job_type`, loading it on first use."""
+        with self._load_lock:
+            if job_type not in self._pipelines:
+                if not self._started:
+                    self.start()
+                started = time.perf_counter()
+                pipeline = pipeline_class(job_type)()
+                pipeline.load(
+                    LoadEnv(
+                        settings=self.settings,
+                        models=self.model_path,
+                        device=self.device,
+                        profile=self.profile,
+                        store=self.store,
+                        pipeline=self.pipeline,
+                    )
+                )
+                self._pipelines[job_type] = pipeline
+                log.info("loaded %s pipeline in %.2fs", job_type, time.perf_counter() - started)
+            return self._pipelines[job_type]
+
+    def handle_sync(self, job: dict[str, Any], cancel_event: threading.Event | None = None) -> dict[str, Any]:
+        """Run one job to its result dict; every failure becomes `{"error": "..."}`, never an exception."""
+        job_id = str(job.get("id", "")) if isinstance(job, dict) else ""
+        folder: JobFolder | None = None
+        try:
+            folder = self.store.job(job_id)
+            request = parse_job(job.get("input"), enabled=self.jobs)
+            log.info("job %s: %s started", job_id, request.type)
+            load_started = time.perf_counter()
+            pipeline = self.pipeline(request.type)
+            load_s = time.perf_counter() - load_started
+            folder.begin()
+            ctx = JobContext(
+                job_id=job_id,
+                folder=folder,
+                progress=Progress(self._progress_sink(job), self.settings.progress_interval_s),
+                cancel_event=cancel_event or threading.Event(),
+            )
+            run_started = time.perf_counter()
+            output: PipelineOutput = pipeline.run(request, ctx)
+            metrics = {"load_s": round(load_s, 4), "run_s": round(time.perf_counter() - run_started, 4)}
+            metrics.update(output.metrics)
+            result = JobResult(
+                job_id=job_id, type=request.type, outputs=output.outputs, metrics=metrics, **output.fields
+            ).model_dump(mode="json")
+            folder.write_result(result)
+            log.info("job %s: done, %d file(s) in %.2fs", job_id, len(output.outputs), metrics["run_s"])
+            return result
+        except (JobInputError, UnsafePathError) as error:
+            log.info("job %s: refused: %s", job_id, error)
+            return {"error": str(error)}
+        except JobCancelled:
+            if folder is not None:
+                folder.discard()
+            log.info("job %s: cancelled; partial outputs removed", job_id)
+            return {"error": "cancelled: the job was cancelled before it finished; no outputs were kept"}
+        except Exception as error:
+            if folder is not None:
+                folder.discard()
+            if _is_out_of_memory(error):
+                _free_accelerator_memory()
+                log.error("job %s: out of memory; asking RunPod to replace this worker", job_id)
+                return {"error": f"out of memory: {error}. Try a smaller size or batch.", "refresh_worker": True}
+            log.error("job %s: failed: %s", job_id, traceback.format_exc())
+            return {"error": f"internal error: {type(error).__name__}: {error}"}
+
+    async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The RunPod handler. A cancelled task (RunPod cancel or timeout) stops the job between steps."""
+        cancel_event = threading.Event()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self.handle_sync, job, cancel_event)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel_event.set()
+            log.info("job %s: cancel requested; stopping at the next step", job.get("id"))
+            await asyncio.wait([future])
+            raise
+
+    def _progress_sink(self, job: dict[str, Any]) -> Any:
+        if self.settings.runpod_serverless:
+            from runpod.serverless import progress_update
+
+            return lambda payload: progress_update(job, payload)
+        return lambda payload: log.info("job %s: progress %s", job.get("id"), payload)
