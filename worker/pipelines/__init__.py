@@ -6,6 +6,7 @@ import importlib
 
 # job type -> "module:class"; importing a module must stay cheap (torch is imported inside `load`)
 REGISTRY: dict[str, str] = {
+    "music": "worker.pipelines.music:MusicPipeline",
     "image": "worker.pipelines.image:ImagePipeline",
 }
 

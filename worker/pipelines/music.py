@@ -1,0 +1,85 @@
+"""Lyrics and tags to a song with the native HeartMuLa implementation (`worker.music`)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any, ClassVar
+
+from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, PipelineOutput
+from worker.schemas import JobInputError, MusicJob
+
+FRAME_RATE_HZ = 12.5  # HeartMuLa emits one frame of 8 codes per 80 ms
+_SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "mp3": "MPEG_LAYER_III"}
+
+
+def write_audio(path: Path, waveform: Any, sample_rate: int, fmt: str) -> None:
+    """Write a [channels, samples] float waveform with soundfile (torchaudio has no build for our torch)."""
+    import numpy as np
+    import soundfile
+
+    samples = np.clip(np.asarray(waveform, dtype=np.float32).T, -1.0, 1.0)
+    soundfile.write(path, samples, sample_rate, format=fmt.upper(), subtype=_SUBTYPES[fmt])
+
+
+class MusicPipeline:
+    job_type: ClassVar[str] = "music"
+    model_names: ClassVar[tuple[str, ...]] = ("heartmula",)
+
+    def __init__(self) -> None:
+        self.generator: Any = None
+
+    def load(self, env: LoadEnv) -> None:
+        from worker.music.pipeline import MusicGenerator
+
+        self.generator = MusicGenerator.from_pretrained(env.models("heartmula"), device=env.device)
+
+    def run(self, job: MusicJob, ctx: JobContext) -> PipelineOutput:
+        from worker.music.pipeline import GenerationCancelled
+
+        max_duration_s = self.generator.max_frames / FRAME_RATE_HZ
+        if job.duration_s > max_duration_s:
+            raise JobInputError(f"duration_s: at most {max_duration_s:.0f} s for this model's context")
+        seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            ctx.progress(done, total, phase=phase)
+
+        try:
+            result = self.generator.generate(
+                lyrics=job.lyrics,
+                tags=job.tags,
+                duration_s=job.duration_s,
+                temperature=job.temperature,
+                topk=job.topk,
+                cfg_scale=job.cfg_scale,
+                seed=seed,
+                codec_steps=job.codec_steps,
+                on_progress=on_progress,
+                should_stop=ctx.cancel_event.is_set,
+            )
+        except GenerationCancelled as cancelled:
+            raise JobCancelled(str(cancelled)) from cancelled
+        ctx.check_cancelled()
+        sample_rate = self.generator.sample_rate
+        channels, samples = result.waveform.shape
+        duration_s = samples / sample_rate
+        audio = ctx.folder.write_with(
+            f"song.{job.format}",
+            lambda temp: write_audio(temp, result.waveform, sample_rate, job.format),
+            kind="audio",
+            sample_rate=sample_rate,
+            channels=channels,
+            duration_s=round(duration_s, 3),
+        )
+        compute_s = result.lm_s + result.codec_s
+        return PipelineOutput(
+            outputs=[audio],
+            metrics={
+                "frames": result.frames,
+                "lm_s": round(result.lm_s, 3),
+                "codec_s": round(result.codec_s, 3),
+                "rtf": round(compute_s / duration_s, 4) if duration_s else 0.0,
+            },
+            fields={"seed": seed, "sample_rate": sample_rate, "channels": channels, "duration_s": round(duration_s, 3)},
+        )
