@@ -23,6 +23,7 @@ class Volume:
 
     root: Path
     reason: str
+    default_job_data: Path | None = None
 
     @property
     def models_dir(self) -> Path:
@@ -37,7 +38,10 @@ class Volume:
         return self.root / "tmp"
 
     def job_data_dir(self, override: Path | None = None) -> Path:
-        return override if override is not None else self.root / "job_data"
+        """JOB_DATA_DIR when set, else `<volume>/job_data` (`./job_data` for a local run without a volume)."""
+        if override is not None:
+            return override
+        return self.default_job_data or self.root / "job_data"
 
     def configure_environment(self) -> None:
         """Create the volume's folders and point HF_HOME, HF_HUB_CACHE and TMPDIR at them.
@@ -73,6 +77,10 @@ def resolve_volume(configured: Path | None = None) -> Volume:
     elif POD_MOUNT.is_dir():
         volume = Volume(POD_MOUNT, f"{POD_MOUNT} exists (pod volume)")
     else:
-        volume = Volume(LOCAL_FALLBACK.resolve(), "no network volume found; using a local folder")
+        volume = Volume(
+            LOCAL_FALLBACK.resolve(),
+            "no network volume found; models in ./.volume, outputs in ./job_data",
+            default_job_data=Path("job_data").resolve(),
+        )
     log.info("volume root %s (%s)", volume.root, volume.reason)
     return volume

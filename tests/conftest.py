@@ -19,3 +19,18 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("sdxl-tiny")
     build(dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def session_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One volume for the whole session, so every tiny model is built and published once."""
+    return tmp_path_factory.mktemp("volume")
+
+
+@pytest.fixture(scope="session")
+def image_worker(session_volume: Path):
+    """A started worker serving image jobs on the tiny model, shared by the tests that only read from it."""
+    from worker.config import Settings
+    from worker.worker import Worker
+
+    return Worker(Settings(volume_root=session_volume, model_profile="tiny", worker_jobs=("image",))).start()

@@ -9,7 +9,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cache.volume import Volume, resolve_volume
 from worker.config import Settings
@@ -35,8 +35,13 @@ def _free_accelerator_memory() -> None:
 class Worker:
     """Serves the enabled job types in-process, one job at a time."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, progress_sink: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+    ) -> None:
+        """`progress_sink(job, payload)` receives throttled progress; default: RunPod's progress_update on the
+        platform, a log line elsewhere."""
         self.settings = settings or Settings.from_env()
+        self._progress_sink = progress_sink or self._default_progress_sink()
         self.volume: Volume = resolve_volume(self.settings.volume_root)
         self.volume.configure_environment()
         self.store = JobStore(self.volume.job_data_dir(self.settings.job_data_dir))
@@ -126,7 +131,7 @@ class Worker:
             ctx = JobContext(
                 job_id=job_id,
                 folder=folder,
-                progress=Progress(self._progress_sink(job), self.settings.progress_interval_s),
+                progress=Progress(lambda payload: self._progress_sink(job, payload), self.settings.progress_interval_s),
                 cancel_event=cancel_event or threading.Event(),
             )
             run_started = time.perf_counter()
@@ -170,9 +175,9 @@ class Worker:
             await asyncio.wait([future])
             raise
 
-    def _progress_sink(self, job: dict[str, Any]) -> Any:
+    def _default_progress_sink(self) -> Callable[[dict[str, Any], dict[str, Any]], None]:
         if self.settings.runpod_serverless:
             from runpod.serverless import progress_update
 
-            return lambda payload: progress_update(job, payload)
-        return lambda payload: log.info("job %s: progress %s", job.get("id"), payload)
+            return progress_update
+        return lambda job, payload: log.info("job %s: progress %s", job.get("id"), payload)
