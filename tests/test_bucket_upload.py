@@ -1,0 +1,121 @@
+"""Bucket upload and S3 fetching against a real S3 server (moto in server mode, on loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.servers import moto_s3
+from worker.client import EndpointClient
+from worker.config import ConfigError, Settings
+from worker.fetch import VolumeS3
+from worker.schemas import JobInputError
+from worker.store import JobStore
+from worker.uploads import UploadError, bucket_for, upload_outputs
+
+KEYS = {"bucket_access_key_id": "testing", "bucket_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    with moto_s3() as url:
+        yield url
+
+
+def s3(url: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def finished_job(tmp_path: Path) -> dict[str, Any]:
+    """A result as the worker writes it: two files in a job folder."""
+    folder = JobStore(tmp_path / "job_data").job("job-up")
+    folder.begin()
+    outputs = [
+        folder.write_bytes("image_00.png", b"\x89PNG fake image", kind="image"),
+        folder.write_bytes("captions/image_00.txt", b"a caption", kind="caption"),
+    ]
+    return {"job_id": "job-up", "type": "image", "outputs": [o.model_dump() for o in outputs], "metrics": {}}
+
+
+def test_outputs_arrive_and_their_urls_download(
+    s3_url: str, finished_job: dict[str, Any], tmp_path: Path
+) -> None:
+    s3(s3_url).create_bucket(Bucket="outputs")
+    settings = Settings(bucket_endpoint_url=s3_url, bucket_name="outputs", bucket_url_expiry_s=600, **KEYS)
+    bucket = bucket_for({"input": {}}, settings)
+    assert bucket is not None
+
+    result = upload_outputs(bucket, finished_job)
+
+    stored = s3(s3_url).get_object(Bucket="outputs", Key="job-up/image_00.png")
+    assert stored["Body"].read() == b"\x89PNG fake image"
+    assert stored["ContentType"] == "image/png"
+    for output, original in zip(result["outputs"], finished_job["outputs"], strict=True):
+        assert "X-Amz-Expires=600" in output["url"]
+        assert requests.get(output["url"], timeout=10).content == Path(original["path"]).read_bytes()
+    assert "url" not in finished_job["outputs"][0]  # the caller's result is left alone
+
+    fetched = EndpointClient(base_url="http://127.0.0.1:1").fetch(result, tmp_path / "fetched")
+    assert [p.relative_to(tmp_path / "fetched").as_posix() for p in fetched] == [
+        "job-up/image_00.png",
+        "job-up/captions/image_00.txt",
+    ]
+    assert fetched[1].read_bytes() == b"a caption"
+
+
+def test_a_jobs_s3config_wins_and_the_bucket_can_ride_in_the_endpoint_path(s3_url: str) -> None:
+    job = {"s3Config": {"accessId": "a", "accessSecret": "b", "bucketName": "mine", "endpointUrl": s3_url}}
+    bucket = bucket_for(job, Settings(bucket_endpoint_url="http://elsewhere", bucket_name="x", **KEYS))
+    assert bucket is not None and (bucket.name, bucket.endpoint_url) == ("mine", s3_url)
+
+    from_path = bucket_for({}, Settings(bucket_endpoint_url=f"{s3_url}/in-path", **KEYS))
+    assert from_path is not None and (from_path.name, from_path.endpoint_url) == ("in-path", s3_url)
+
+
+def test_no_bucket_configured_means_no_upload() -> None:
+    assert bucket_for({"input": {}}, Settings()) is None
+
+
+def test_partial_or_bad_configuration_is_refused(s3_url: str) -> None:
+    with pytest.raises(ConfigError, match="BUCKET_SECRET_ACCESS_KEY"):
+        bucket_for({}, Settings(bucket_endpoint_url=s3_url, bucket_access_key_id="k"))
+    with pytest.raises(ConfigError, match="BUCKET_NAME"):
+        bucket_for({}, Settings(bucket_endpoint_url=s3_url, **KEYS))
+    with pytest.raises(JobInputError, match="s3Config"):
+        bucket_for({"s3Config": {"accessId": "a"}}, Settings())
+
+
+def test_a_refused_upload_says_where_the_outputs_are(s3_url: str, finished_job: dict[str, Any]) -> None:
+    bucket = bucket_for({}, Settings(bucket_endpoint_url=s3_url, bucket_name="no-such-bucket", **KEYS))
+    assert bucket is not None
+    with pytest.raises(UploadError, match="complete on the volume in .*job-up"):
+        upload_outputs(bucket, finished_job)
+
+
+def test_fetch_through_runpods_s3_api_over_the_network_volume(
+    s3_url: str, finished_job: dict[str, Any], tmp_path: Path
+) -> None:
+    client = s3(s3_url)
+    client.create_bucket(Bucket="volume-id-123")  # RunPod's S3 API: the bucket is the network volume's id
+    for output in finished_job["outputs"]:
+        client.upload_file(output["path"], "volume-id-123", f"job_data/{output['relpath']}")
+    source = VolumeS3("volume-id-123", "testing", "testing", endpoint_url=s3_url)
+    endpoint = EndpointClient(base_url="http://127.0.0.1:1", outputs=source)
+
+    fetched = endpoint.fetch(finished_job, tmp_path / "from-volume")
+
+    assert fetched[0].read_bytes() == b"\x89PNG fake image"
+    assert VolumeS3("v", "k", "s", "https://s3api-eu-ro-1.runpod.io/")._options["region_name"] == "eu-ro-1"
