@@ -54,7 +54,7 @@ class Recorded:
 
 @dataclass
 class FakeRunpodApi:
-    """The server; `url` is the base to give `EndpointClient(base_url=..., local_server=False)`."""
+    """The server: `EndpointClient(endpoint_id=api.endpoint_id, api_key=api.api_key, api_url=api.api_url)`."""
 
     api_key: str = "test-key"
     endpoint_id: str = "fake-endpoint"
@@ -66,10 +66,10 @@ class FakeRunpodApi:
     _server: ThreadingHTTPServer | None = None
 
     @property
-    def url(self) -> str:
+    def api_url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v2/{self.endpoint_id}"
+        return f"http://{host}:{port}/v2"
 
     def throttle(self, count: int) -> None:
         with self._lock:

@@ -33,9 +33,7 @@ def api() -> Iterator[FakeRunpodApi]:
 
 def client_for(api: FakeRunpodApi, **options: object) -> EndpointClient:
     defaults = {"poll_initial_s": 0.02, "poll_max_s": 0.05, "max_retries": 3, "retry_initial_s": 0.01}
-    return EndpointClient(
-        base_url=api.url, api_key=api.api_key, local_server=False, **{**defaults, **options}
-    )
+    return EndpointClient(api.endpoint_id, api.api_key, api_url=api.api_url, **{**defaults, **options})
 
 
 def test_run_then_wait_follows_the_states_to_the_output(api: FakeRunpodApi) -> None:
@@ -141,7 +139,7 @@ def test_payload_limits_are_checked_before_sending(api: FakeRunpodApi) -> None:
 
 
 def test_a_wrong_key_is_a_request_error_that_names_the_key(api: FakeRunpodApi) -> None:
-    client = EndpointClient(base_url=api.url, api_key="wrong", local_server=False)
+    client = EndpointClient(api.endpoint_id, "wrong", api_url=api.api_url)
     with pytest.raises(RequestError, match="RUNPOD_API_KEY") as caught:
         client.run({"prompt": "x"})
     assert caught.value.status_code == 401

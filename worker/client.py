@@ -47,8 +47,12 @@ class RequestError(ClientError):
     """The API refused the request (4xx other than 429): retrying the same request will not help."""
 
     def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
+        super().__init__(message, status_code)  # all fields in args: Celery rebuilds errors as cls(*args)
+        self.message = message
         self.status_code = status_code
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class TransientError(ClientError):
@@ -59,18 +63,25 @@ class WaitTimeoutError(ClientError):
     """The client stopped waiting; the job may still be running (`job_id` is None when the server never said)."""
 
     def __init__(self, message: str, job_id: str | None) -> None:
-        super().__init__(message)
+        super().__init__(message, job_id)
+        self.message = message
         self.job_id = job_id
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class JobError(ClientError):
     """The job ended without a result. `error` is the worker's text, `fields` the input fields it names."""
 
     def __init__(self, job_id: str, status: str, error: str) -> None:
-        super().__init__(f"job {job_id} {status}: {error}")
+        super().__init__(job_id, status, error)
         self.job_id = job_id
         self.status = status
         self.error = error
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.status}: {self.error}"
 
     @property
     def fields(self) -> list[str]:
@@ -149,7 +160,7 @@ class EndpointClient:
         api_key: str | None = None,
         *,
         base_url: str | None = None,
-        local_server: bool | None = None,
+        api_url: str = HOSTED_API,
         outputs: OutputSource | None = None,
         request_timeout_s: float = 30.0,
         max_retries: int = 5,
@@ -159,14 +170,13 @@ class EndpointClient:
         max_retry_after_s: float = 60.0,
         wait_timeout_s: float = 3600.0,
     ) -> None:
-        """`endpoint_id` + `api_key` for the hosted API, or `base_url` for another server. `local_server`
-        (default: True when `base_url` is given) selects the local API server's routes."""
+        """`endpoint_id` + `api_key` for the hosted API (at `api_url`), or `base_url` for the local API server."""
         if (endpoint_id is None) == (base_url is None):
             raise ClientError(
-                "give exactly one of endpoint_id (hosted API) or base_url (e.g. the local API server)"
+                "give exactly one of endpoint_id (hosted API) or base_url (the local API server)"
             )
-        self.base_url = (base_url or f"{HOSTED_API}/{endpoint_id}").rstrip("/")
-        self.local_server = base_url is not None if local_server is None else local_server
+        self.base_url = (base_url or f"{api_url.rstrip('/')}/{endpoint_id}").rstrip("/")
+        self.local_server = base_url is not None
         if not self.local_server and not api_key:
             raise ClientError("api_key: required for the hosted API (RunPod console → Settings → API Keys)")
         self.outputs = outputs

@@ -7,7 +7,8 @@ In Morpheus's `config.py`:
 
 `RUNPOD_ENDPOINT_ID` serves every job type; `RUNPOD_ENDPOINT_ID_<TYPE>` (IMAGE, DATASET, TRAINING, MUSIC) sends one
 type elsewhere. `RUNPOD_ENDPOINT_URL[_<TYPE>]` points at a local API server (`python handler.py --rp_serve_api`)
-instead. Where results' files are read from is chosen by `OUTPUTS_FROM` (see `output_source`).
+instead; `RUNPOD_API_URL` replaces `https://api.runpod.ai/v2` (a proxy). Where results' files are read from is
+chosen by `OUTPUTS_FROM` (see `output_source`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from worker.client import ClientError, EndpointClient
+from worker.client import HOSTED_API, ClientError, EndpointClient
 from worker.config import JOB_TYPES
 from worker.fetch import BucketUrls, GatewayFiles, MountedVolume, OutputSource, VolumeS3
 
@@ -73,6 +74,7 @@ def microservice_endpoints(env: Mapping[str, str] | None = None) -> dict[str, En
     one client."""
     env = os.environ if env is None else env
     api_key = env.get("RUNPOD_API_KEY") or None
+    api_url = env.get("RUNPOD_API_URL") or HOSTED_API
     outputs = output_source(env)
     shared: dict[tuple[str, str], EndpointClient] = {}
     clients: dict[str, EndpointClient] = {}
@@ -96,7 +98,9 @@ def microservice_endpoints(env: Mapping[str, str] | None = None) -> dict[str, En
         if target not in shared:
             kind, value = target
             if kind == "id":
-                shared[target] = EndpointClient(endpoint_id=value, api_key=api_key, outputs=outputs)
+                shared[target] = EndpointClient(
+                    endpoint_id=value, api_key=api_key, api_url=api_url, outputs=outputs
+                )
             else:
                 shared[target] = EndpointClient(base_url=value, api_key=api_key, outputs=outputs)
         clients[job_type] = shared[target]
