@@ -40,11 +40,13 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 # The rest of the dependency stack, resolved from pyproject.toml against stub packages (an empty README as well:
 # setuptools reads it, and README edits must not invalidate this layer). Naming torch again keeps the CUDA build.
+# The bucket extra (boto3): outputs go to an S3 bucket when the endpoint sets BUCKET_*. Versions: pyproject's bounds.
 WORKDIR /app
 COPY pyproject.toml ./
+# hadolint ignore=DL3013
 RUN mkdir -p worker cache \
  && touch README.md worker/__init__.py cache/__init__.py \
- && pip install . "torch==${TORCH_VERSION}" \
+ && pip install ".[bucket]" "torch==${TORCH_VERSION}" \
  && pip uninstall -y gpu-worker \
  && rm -rf /app/*
 

@@ -394,7 +394,9 @@ def test_torch_comes_from_the_cuda_wheels_before_the_code(dockerfile):
             f"{stage.name}: a code COPY (line {chain[code[0]].line}) precedes torch"
         )
         deps = [
-            i for i, other in enumerate(chain) if other.keyword == "RUN" and "pip install ." in other.args
+            i
+            for i, other in enumerate(chain)
+            if other.keyword == "RUN" and re.search(r"pip install \"?\.[\[\s\"]", other.args)
         ]
         assert deps and (not code or deps[0] < code[0]), (
             f"{stage.name}: dependencies are not installed before the code"
