@@ -151,7 +151,7 @@ def parse_job(raw: Any, enabled: tuple[str, ...] | None = None) -> _Input:
     job_type = raw.get("type")
     if job_type is None:
         raise JobInputError(f"type: required; valid: {', '.join(valid)}")
-    if job_type not in JOB_MODELS:
+    if not isinstance(job_type, str) or job_type not in JOB_MODELS:
         raise JobInputError(f"type: unknown job type {job_type!r}; valid: {', '.join(valid)}")
     if job_type not in valid:
         raise JobInputError(f"type: {job_type!r} is not served by this worker (WORKER_JOBS); valid: {', '.join(valid)}")

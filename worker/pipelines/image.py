@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput
-from worker.schemas import ImageJob, JobInputError
+from worker.schemas import ImageJob
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def load_sdxl(path: Path, device: str) -> Any:
     dtype = torch.float16 if cuda else torch.float32
     variant = "fp16" if cuda and any(path.glob("unet/*.fp16.safetensors")) else None
     pipe = StableDiffusionXLPipeline.from_pretrained(
-        path, torch_dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True
+        path, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -59,11 +59,16 @@ class ImagePipeline:
         self.sdxl: Any = None
         self.device = "cpu"
         self._base_scheduler_config: dict[str, Any] = {}
+        self.loras: Any = None
 
     def load(self, env: LoadEnv) -> None:
+        from worker.inputs import VolumeFiles
+        from worker.training.loras import LoraLoader
+
         self.device = env.device
         self.sdxl = load_sdxl(env.models("sdxl-base"), env.device)
         self._base_scheduler_config = dict(self.sdxl.scheduler.config)
+        self.loras = LoraLoader(env.store, VolumeFiles.from_settings(env.settings, env.store.root))
 
     def use_scheduler(self, name: str) -> None:
         import diffusers
@@ -88,24 +93,24 @@ class ImagePipeline:
         return on_step_end
 
     def run(self, job: ImageJob, ctx: JobContext) -> PipelineOutput:
-        if job.loras:
-            raise JobInputError("loras: not yet supported by this worker")
         seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
         self.use_scheduler(job.scheduler)
         ctx.check_cancelled()
-        started = time.perf_counter()
-        images = self.sdxl(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt or None,
-            width=job.width,
-            height=job.height,
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            num_images_per_prompt=job.num_images,
-            generator=self.generator(seed),
-            callback_on_step_end=self.step_callback(ctx, job.steps),
-        ).images
-        run_s = time.perf_counter() - started
+        # LoRAs are unloaded when the block ends, whatever happens: the next job sees the base pipeline
+        with self.loras.applied(self.sdxl, job.loras):
+            started = time.perf_counter()
+            images = self.sdxl(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt or None,
+                width=job.width,
+                height=job.height,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                num_images_per_prompt=job.num_images,
+                generator=self.generator(seed),
+                callback_on_step_end=self.step_callback(ctx, job.steps),
+            ).images
+            run_s = time.perf_counter() - started
         outputs = []
         for index, image in enumerate(images):
             ctx.check_cancelled()
