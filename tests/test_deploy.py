@@ -746,4 +746,6 @@ def test_readme_documents_the_deployment():
     assert not missing, f"README lacks the sections {missing}"
     text = README.read_text()
     for key in [e["key"] for e in json.loads(HUB.read_text())["config"]["env"]] + sorted(PLATFORM_ENV):
-        assert f"`{key}`" in text, f"README never mentions `{key}`, which .runpod/hub.json offers"
+        assert re.search(rf"`{key}(=[^`]*)?`", text), (
+            f"README never mentions `{key}`, which .runpod/hub.json offers"
+        )
