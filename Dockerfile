@@ -9,9 +9,9 @@
 # deps: Python, torch and every third-party dependency. Only pyproject.toml reaches this stage, so changing the
 # code never reinstalls torch.
 # ---------------------------------------------------------------------------------------------------------------
-# The CUDA minor matches the torch wheel below; the image asks the host for a driver with CUDA >= 12.6, which is
+# The CUDA minor matches the torch wheel below; the image asks the host for a driver with CUDA >= 12.9, which is
 # what allowedCudaVersions in .runpod/*.json must say. Ubuntu 24.04 ships Python 3.12.
-FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04 AS deps
+FROM nvidia/cuda:12.9.1-runtime-ubuntu24.04 AS deps
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -31,11 +31,11 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv "$VIRTUAL_ENV"
 
-# torch from the official CUDA wheels, pinned, alone in its own layer (~4 GB). cu126 kernels cover sm_50..sm_90:
-# every GPU in the .runpod/hub.json pools (Ampere, Ada, Hopper). The same version as the CPU build in
+# torch from the official CUDA wheels, pinned, alone in its own layer (~4 GB). The cu128 index stops at torch 2.11;
+# cu129 carries 2.8-2.13, with kernels for every GPU in the .runpod/hub.json pools (Ampere, Ada, Hopper). The same version as the CPU build in
 # scripts/setup.sh, so the tests run the torch the image ships.
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu129
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 # The rest of the dependency stack, resolved from pyproject.toml against stub packages (an empty README as well:
