@@ -67,6 +67,12 @@ class ImageJob(_Input):
     format: Literal["png", "jpeg", "webp"] = "png"
     model: Literal[IMAGE_MODELS] = "sdxl-base"  # type: ignore[valid-type]
     loras: list[LoraRef] = Field(default_factory=list, max_length=8)
+    checkpoint: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="A single-file SDXL .safetensors in CHECKPOINTS_DIR (ComfyUI's checkpoint_name) instead of the base.",
+    )
 
     _check_width = field_validator("width", "height")(_multiple_of_8)
 

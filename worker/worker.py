@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cache.volume import Volume, resolve_volume
+from worker import morpheus, uploads
 from worker.config import Settings
 from worker.pipelines import REGISTRY, pipeline_class
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Pipeline, PipelineOutput, Progress
@@ -120,9 +121,13 @@ class Worker:
         """Run one job to its result dict; every failure becomes `{"error": "..."}`, never an exception."""
         job_id = str(job.get("id", "")) if isinstance(job, dict) else ""
         folder: JobFolder | None = None
+        envelope: morpheus.Envelope | None = None
         try:
             folder = self.store.job(job_id)
-            request = parse_job(job.get("input"), enabled=self.jobs)
+            # Morpheus's workflow_name requests become one of our inputs; their answers get its *_pod_path keys
+            envelope = morpheus.envelope(job.get("input"))
+            request = parse_job(envelope.job_input if envelope else job.get("input"), enabled=self.jobs)
+            bucket = uploads.bucket_for(job, self.settings)
             log.info("job %s: %s started", job_id, request.type)
             load_started = time.perf_counter()
             pipeline = self.pipeline(request.type)
@@ -142,10 +147,15 @@ class Worker:
                 job_id=job_id, type=request.type, outputs=output.outputs, metrics=metrics, **output.fields
             ).model_dump(mode="json")
             folder.write_result(result)
+            if bucket is not None:
+                result = uploads.upload_outputs(bucket, result)
             log.info("job %s: done, %d file(s) in %.2fs", job_id, len(output.outputs), metrics["run_s"])
-            return result
+            return envelope.answer(result) if envelope else result
         except (JobInputError, UnsafePathError) as error:
             log.info("job %s: refused: %s", job_id, error)
+            return {"error": envelope.explain(error) if envelope else str(error)}
+        except uploads.UploadError as error:
+            log.error("job %s: %s", job_id, error)  # the outputs stay: they are complete on the volume
             return {"error": str(error)}
         except JobCancelled:
             if folder is not None:

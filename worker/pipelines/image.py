@@ -60,15 +60,18 @@ class ImagePipeline:
         self.device = "cpu"
         self._base_scheduler_config: dict[str, Any] = {}
         self.loras: Any = None
+        self.checkpoints: Any = None
 
     def load(self, env: LoadEnv) -> None:
         from worker.inputs import VolumeFiles
+        from worker.pipelines.checkpoints import Checkpoints
         from worker.training.loras import LoraLoader
 
         self.device = env.device
         self.sdxl = load_sdxl(env.models("sdxl-base"), env.device)
         self._base_scheduler_config = dict(self.sdxl.scheduler.config)
         self.loras = LoraLoader(env.store, VolumeFiles.from_settings(env.settings, env.store.root))
+        self.checkpoints = Checkpoints.from_settings(env.settings, env.models("sdxl-base"), env.device)
 
     def use_scheduler(self, name: str) -> None:
         import diffusers
@@ -96,8 +99,8 @@ class ImagePipeline:
         seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
         self.use_scheduler(job.scheduler)
         ctx.check_cancelled()
-        # LoRAs are unloaded when the block ends, whatever happens: the next job sees the base pipeline
-        with self.loras.applied(self.sdxl, job.loras):
+        # a checkpoint's modules and LoRAs are taken out when the block ends: the next job sees the base pipeline
+        with self.checkpoints.applied(self.sdxl, job.checkpoint), self.loras.applied(self.sdxl, job.loras):
             started = time.perf_counter()
             images = self.sdxl(
                 prompt=job.prompt,

@@ -1,0 +1,215 @@
+"""Morpheus's `workflow_name` envelope mapped onto this worker's job types, and its `*_pod_path` answer keys.
+
+Morpheus's tasks send `{"input": {"workflow_name": NAME, <params>...}}` (older tasks nest the params under
+`"params"`), where NAME is one of the ComfyUI workflows of its previous worker (ceutaseguridad/serverless-img).
+The workflows our job types cover are translated here; any other name, or a param a workflow does not take, is
+refused with the list of what is served. The README's "Morpheus" section is the table of this mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.schemas import JobInputError
+
+log = logging.getLogger(__name__)
+
+# ComfyUI sampler_name → our scheduler. The SDE variants have no deterministic equivalent here: the nearest
+# multistep solver runs instead.
+SAMPLERS = {
+    "euler": "euler",
+    "euler_ancestral": "euler_a",
+    "dpmpp_2m": "dpmpp_2m",
+    "dpmpp_2m_sde": "dpmpp_2m",
+    "dpmpp_2m_sde_gpu": "dpmpp_2m",
+    "ddim": "ddim",
+    "uni_pc": "unipc",
+    "uni_pc_bh2": "unipc",
+}
+# ComfyUI scheduler (sigma schedule); karras changes dpmpp_2m only, the others keep each sampler's own schedule
+SCHEDULES = ("normal", "karras", "simple", "sgm_uniform")
+
+_COMMON = {
+    "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler_name", "scheduler", "checkpoint_name",
+    "width", "height",
+}  # fmt: skip
+# accepted and not used: outputs always go to <job_data>/<job id>/, and this worker has no pose ControlNet
+_IGNORED = {"output_path", "filename_prefix", "output_folder_name", "workflow_type"}
+_REFERENCE = {"base_image_pod_path", "face_weight", "identity_weight", "pose_weight", "style_weight"}
+_UNUSED_REFERENCE = {"pose_weight", "style_weight"}
+_CLAUSE = re.compile(r"^([A-Za-z_]\w*)((?:\.\w+)*): ")
+
+
+def _scheduler(params: dict[str, Any]) -> str | None:
+    sampler, schedule = params.get("sampler_name"), params.get("scheduler")
+    if sampler is None and schedule is None:
+        return None
+    if sampler is not None and sampler not in SAMPLERS:
+        raise JobInputError(f"sampler_name: {sampler!r} is not served; supported: {', '.join(SAMPLERS)}")
+    if schedule is not None and schedule not in SCHEDULES:
+        raise JobInputError(f"scheduler: {schedule!r} is not served; supported: {', '.join(SCHEDULES)}")
+    name = SAMPLERS[sampler or "euler"]
+    return "dpmpp_2m_karras" if name == "dpmpp_2m" and schedule == "karras" else name
+
+
+def _sampling(params: dict[str, Any]) -> dict[str, Any]:
+    """The params every image workflow shares, in our field names."""
+    renames = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
+               "cfg_scale": "guidance_scale", "width": "width", "height": "height"}  # fmt: skip
+    out = {ours: params[theirs] for theirs, ours in renames.items() if theirs in params}
+    scheduler = _scheduler(params)
+    if scheduler is not None:
+        out["scheduler"] = scheduler
+    return out
+
+
+def _image(params: dict[str, Any]) -> dict[str, Any]:
+    out = {"type": "image", **_sampling(params)}
+    if "checkpoint_name" in params:
+        out["checkpoint"] = params["checkpoint_name"]
+    return out
+
+
+def _dataset(params: dict[str, Any]) -> dict[str, Any]:
+    sampling = _sampling(params)
+    # Morpheus draws every dataset image from its one prompt (new seed each): keep that, the prompt is the subject
+    out = {
+        "type": "dataset",
+        "prompts": ["{subject}"],
+        "num_images": params.get("dataset_size", 5),
+        **sampling,
+    }
+    if "prompt" in out:
+        out["subject"] = out.pop("prompt")
+    if "base_image_pod_path" in params:
+        out["reference_image"] = params["base_image_pod_path"]
+    for weight in ("face_weight", "identity_weight"):
+        if weight in params:
+            out["reference_strength"] = params[weight]
+    return out
+
+
+def _image_answer(result: dict[str, Any]) -> dict[str, Any]:
+    images = [o["path"] for o in result.get("outputs", []) if o.get("kind") == "image"]
+    return {"image_pod_path": images[0]} if images else {}
+
+
+def _dataset_answer(result: dict[str, Any]) -> dict[str, Any]:
+    images = [o["path"] for o in result.get("outputs", []) if o.get("kind") == "image"]
+    if len(images) == 1:  # Morpheus's preview convention: one image is answered as a file
+        return {"image_pod_path": images[0]}
+    return (
+        {"base_images_pod_paths": result.get("dataset_dir") or str(Path(images[0]).parent)} if images else {}
+    )
+
+
+@dataclass(frozen=True)
+class Workflow:
+    job_type: str
+    params: frozenset[str]
+    required: tuple[str, ...]
+    translate: Callable[[dict[str, Any]], dict[str, Any]]
+    answer: Callable[[dict[str, Any]], dict[str, Any]]
+    # our field → their param, so that errors name the param Morpheus sent
+    fields: dict[str, str] = field(default_factory=dict)
+    unused: frozenset[str] = frozenset()
+
+
+_IMAGE_FIELDS = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "checkpoint": "checkpoint_name"}
+_DATASET_FIELDS = {
+    "guidance_scale": "cfg_scale", "scheduler": "sampler_name", "subject": "prompt", "prompts": "prompt",
+    "num_images": "dataset_size", "reference_image": "base_image_pod_path", "reference_strength": "face_weight",
+}  # fmt: skip
+_SCRATCH = frozenset(_COMMON | _IGNORED | {"dataset_size"})
+_FROM_REFERENCE = frozenset(_SCRATCH | _REFERENCE)
+# the dataset job has no checkpoint field yet: its images come from the SDXL base whatever checkpoint_name says
+_DATASET_UNUSED = frozenset({"checkpoint_name"} | _UNUSED_REFERENCE)
+
+WORKFLOWS: dict[str, Workflow] = {
+    "creation": Workflow(
+        "image", frozenset(_COMMON | _IGNORED), ("prompt",), _image, _image_answer, _IMAGE_FIELDS
+    ),
+    "generate_dataset_from_scratch": Workflow(
+        "dataset", _SCRATCH, ("prompt",), _dataset, _dataset_answer, _DATASET_FIELDS, _DATASET_UNUSED
+    ),
+    **{
+        name: Workflow(
+            "dataset",
+            _FROM_REFERENCE,
+            ("prompt", "base_image_pod_path"),
+            _dataset,
+            _dataset_answer,
+            _DATASET_FIELDS,
+            _DATASET_UNUSED,
+        )
+        for name in (
+            "generate_dataset_from_reference",
+            "generate_dataset_with_instantid",
+            "generate_dataset_with_pulid",
+        )
+    },
+}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A Morpheus request: its workflow, our job input for it, and the params that were accepted but not used."""
+
+    workflow_name: str
+    workflow: Workflow
+    job_input: dict[str, Any]
+    ignored: tuple[str, ...]
+    fields: dict[str, str]
+
+    def answer(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Our result with Morpheus's `*_pod_path` keys beside our fields."""
+        extra: dict[str, Any] = {"workflow_name": self.workflow_name, **self.workflow.answer(result)}
+        if self.ignored:
+            extra["ignored_params"] = list(self.ignored)
+        return {**result, **extra}
+
+    def explain(self, error: Exception) -> str:
+        """A refusal that names Morpheus's params (`cfg_scale`) where ours (`guidance_scale`) would confuse."""
+
+        def rename(clause: str) -> str:
+            return _CLAUSE.sub(lambda m: f"{self.fields.get(m.group(1), m.group(1))}{m.group(2)}: ", clause)
+
+        return "; ".join(rename(clause) for clause in str(error).split("; "))
+
+
+def envelope(raw: Any) -> Envelope | None:
+    """The Morpheus request in a job input, or None when the input is one of ours (it has a `type`)."""
+    if not isinstance(raw, dict) or "workflow_name" not in raw or "type" in raw:
+        return None
+    name = raw["workflow_name"]
+    if name not in WORKFLOWS:
+        raise JobInputError(
+            f"workflow_name: {name!r} is not served by this worker; supported: {', '.join(WORKFLOWS)} "
+            '(video, face-swap and audio workflows run elsewhere; for music send {"type": "music", ...})'
+        )
+    workflow = WORKFLOWS[name]
+    params = {key: value for key, value in raw.items() if key not in ("workflow_name", "params")}
+    nested = raw.get("params", {})
+    if not isinstance(nested, dict):
+        raise JobInputError("params: expected a JSON object of workflow params")
+    params.update(nested)
+    unknown = sorted(set(params) - workflow.params)
+    if unknown:
+        raise JobInputError(
+            f"{unknown[0]}: not a param of workflow {name!r}; supported: {', '.join(sorted(workflow.params))}"
+        )
+    missing = [param for param in workflow.required if param not in params]
+    if missing:
+        raise JobInputError(f"{missing[0]}: required by workflow {name!r}")
+    ignored = tuple(sorted(set(params) & (_IGNORED | workflow.unused)))
+    if ignored:
+        log.info("workflow %s: params accepted but not used: %s", name, ", ".join(ignored))
+    fields = dict(workflow.fields)
+    if "identity_weight" in params:
+        fields["reference_strength"] = "identity_weight"
+    return Envelope(name, workflow, workflow.translate(params), ignored, fields)
