@@ -1,0 +1,243 @@
+"""The models each job type needs, per profile, as `ModelSpec`s.
+
+A spec names the folder the model lives in under `<volume>/models/`, the parts it is assembled from (several for a
+composite checkpoint such as HeartMuLa) and the files the folder must hold before it is published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+SourceKind = Literal["hub", "local", "builtin"]
+Profile = Literal["production", "tiny"]
+
+_COMMIT_LENGTH = 40
+
+
+@dataclass(frozen=True)
+class Part:
+    """One source of files, landing in `subdir` of the model folder ("" = the folder itself).
+
+    Exactly one of `repo_id` (kind "hub"), `path` (kind "local") or `generator` (kind "builtin") is set.
+    `revision` is a commit or branch for the hub, and a version string for the other kinds (bump it to rebuild).
+    """
+
+    kind: SourceKind
+    repo_id: str | None = None
+    path: str | None = None
+    generator: str | None = None
+    revision: str = "main"
+    subdir: str = ""
+    allow_patterns: tuple[str, ...] | None = None
+    ignore_patterns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        wanted = {"hub": "repo_id", "local": "path", "builtin": "generator"}.get(self.kind)
+        if wanted is None:
+            raise ValueError(f"unknown source kind {self.kind!r}: expected hub, local or builtin")
+        given = [name for name in ("repo_id", "path", "generator") if getattr(self, name)]
+        if given != [wanted]:
+            raise ValueError(f"a {self.kind} part needs exactly `{wanted}`, got {given or 'none'}")
+        if self.subdir.startswith("/") or ".." in self.subdir.split("/"):
+            raise ValueError(f"subdir {self.subdir!r} must be a relative path inside the model folder")
+        for name in ("allow_patterns", "ignore_patterns"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+
+    @property
+    def ref(self) -> str:
+        """The repo id, directory or generator name."""
+        return self.repo_id or self.path or self.generator or ""
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the revision is an immutable hub commit (no lookup needed to know what to fetch)."""
+        return self.kind == "hub" and len(self.revision) == _COMMIT_LENGTH and _is_hex(self.revision)
+
+    def describe(self) -> str:
+        where = f" into {self.subdir}/" if self.subdir else ""
+        return f"{self.kind} {self.ref}@{self.revision}{where}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model folder: its name under models/, the parts it is built from and the layout it must have.
+
+    `required_files` are paths relative to the model folder; globs are allowed where sharding varies. Any
+    `*.index.json` weight index found in the folder must also have all its shards.
+    `version` is the model's variant as its loader names it (HeartMuLa: "3B" or "tiny").
+    """
+
+    name: str
+    parts: tuple[Part, ...]
+    required_files: tuple[str, ...] = ()
+    version: str = ""
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"model name {self.name!r} must be a plain folder name")
+        object.__setattr__(self, "parts", tuple(self.parts))
+        object.__setattr__(self, "required_files", tuple(self.required_files))
+        if not self.parts:
+            raise ValueError(f"model {self.name!r} needs at least one part")
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the folder's content; the manifest must carry the same one."""
+        payload = self.to_dict()
+        payload.pop("description")
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _is_hex(text: str) -> bool:
+    return all(ch in "0123456789abcdef" for ch in text)
+
+
+def _hub(repo_id: str, revision: str, subdir: str = "", allow: tuple[str, ...] | None = None) -> Part:
+    return Part(kind="hub", repo_id=repo_id, revision=revision, subdir=subdir, allow_patterns=allow)
+
+
+def _builtin(generator: str, revision: str = "1") -> Part:
+    return Part(kind="builtin", generator=generator, revision=revision)
+
+
+# Commits pinned from public references to these repos (several independent citations each); a pinned commit lets
+# snapshot_download skip the revision lookup and keeps every worker on identical bytes.
+SDXL_BASE_COMMIT = "462165984030d82259a11f4367a4eed129e94a7b"
+IP_ADAPTER_COMMIT = "018e402774aeeddd60609b4ecdb7e298259dc729"
+HEARTMULA_GEN_COMMIT = "9906b2bcd4598772a32cad4aec0760170fe0d177"
+HEARTMULA_3B_COMMIT = "41f6fc68490e11dc43fdabaa6b5767946408c903"
+HEARTCODEC_COMMIT = "f889dab0532cfa4bf459f2a3367eb6d346b8eeda"
+
+# The diffusers layout in fp16 only: the repo also holds single-file checkpoints, fp32 copies, ONNX, Flax and
+# OpenVINO exports, several times the size of what the pipeline loads.
+_SDXL_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.fp16.safetensors",
+    "tokenizer/*",
+    "tokenizer_2/*",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+)
+
+# The image encoder folder carries the same weights twice (.bin and .safetensors); the safetensors copy suffices.
+_IP_ADAPTER_FILES = (
+    "sdxl_models/ip-adapter_sdxl.bin",
+    "sdxl_models/image_encoder/config.json",
+    "sdxl_models/image_encoder/model.safetensors",
+)
+
+_CATALOG: dict[str, dict[Profile, ModelSpec]] = {
+    "sdxl-base": {
+        "production": ModelSpec(
+            name="sdxl-base",
+            parts=(_hub("stabilityai/stable-diffusion-xl-base-1.0", SDXL_BASE_COMMIT, allow=_SDXL_FILES),),
+            required_files=_SDXL_FILES,
+            description="Stable Diffusion XL base 1.0, diffusers layout, fp16 variant",
+        ),
+        "tiny": ModelSpec(
+            name="sdxl-tiny",
+            parts=(_builtin("sdxl-tiny"),),
+            required_files=("model_index.json", "unet/config.json", "vae/config.json", "scheduler/*"),
+            description="random-weight SDXL-shaped pipeline (demo and tests)",
+        ),
+    },
+    "heartmula": {
+        "production": ModelSpec(
+            name="heartmula",
+            parts=(
+                Part(
+                    kind="hub",
+                    repo_id="HeartMuLa/HeartMuLaGen",
+                    revision=HEARTMULA_GEN_COMMIT,
+                    allow_patterns=("tokenizer.json", "gen_config.json"),
+                ),
+                _hub("HeartMuLa/HeartMuLa-oss-3B-happy-new-year", HEARTMULA_3B_COMMIT, "HeartMuLa-oss-3B"),
+                _hub("HeartMuLa/HeartCodec-oss-20260123", HEARTCODEC_COMMIT, "HeartCodec-oss"),
+            ),
+            required_files=(
+                "tokenizer.json",
+                "gen_config.json",
+                "HeartMuLa-oss-3B/config.json",
+                "HeartMuLa-oss-3B/model.safetensors.index.json",
+                "HeartCodec-oss/config.json",
+                "HeartCodec-oss/*.safetensors",
+            ),
+            version="3B",
+            description="HeartMuLa oss 3B (happy-new-year) with HeartCodec 20260123, official checkpoint layout",
+        ),
+        "tiny": ModelSpec(
+            name="heartmula-tiny",
+            parts=(_builtin("heartmula-tiny"),),
+            required_files=(
+                "tokenizer.json",
+                "gen_config.json",
+                "HeartMuLa-oss-tiny/config.json",
+                "HeartCodec-oss/config.json",
+            ),
+            version="tiny",
+            description="random-weight HeartMuLa in the official layout (demo and tests)",
+        ),
+    },
+    "ip-adapter-sdxl": {
+        "production": ModelSpec(
+            name="ip-adapter-sdxl",
+            parts=(_hub("h94/IP-Adapter", IP_ADAPTER_COMMIT, allow=_IP_ADAPTER_FILES),),
+            required_files=_IP_ADAPTER_FILES,
+            description="IP-Adapter for SDXL with its ViT-bigG image encoder",
+        ),
+        "tiny": ModelSpec(
+            name="ip-adapter-tiny",
+            parts=(_builtin("ip-adapter-tiny"),),
+            required_files=("sdxl_models/ip-adapter_sdxl.bin", "sdxl_models/image_encoder/config.json"),
+            description="random-weight IP-Adapter (demo and tests)",
+        ),
+    },
+}
+
+JOB_MODELS: dict[str, tuple[str, ...]] = {
+    "image": ("sdxl-base",),
+    "dataset": ("sdxl-base", "ip-adapter-sdxl"),
+    "training": ("sdxl-base",),
+    "music": ("heartmula",),
+}
+
+
+def names() -> list[str]:
+    """The logical model names the catalog knows."""
+    return sorted(_CATALOG)
+
+
+def get(name: str, profile: Profile) -> ModelSpec:
+    """The spec of logical model `name` in `profile` ("production" or "tiny")."""
+    if profile not in ("production", "tiny"):
+        raise ValueError(f"profile {profile!r}: expected production or tiny (resolve 'auto' first)")
+    try:
+        return _CATALOG[name][profile]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; the catalog has: {', '.join(names())}") from None
+
+
+def for_jobs(jobs: Iterable[str], profile: Profile) -> list[ModelSpec]:
+    """The specs the given job types need, each once, in a stable order."""
+    wanted: dict[str, None] = {}
+    for job in jobs:
+        if job not in JOB_MODELS:
+            raise KeyError(f"unknown job type {job!r}; known: {', '.join(sorted(JOB_MODELS))}")
+        wanted.update(dict.fromkeys(JOB_MODELS[job]))
+    return [get(name, profile) for name in wanted]
