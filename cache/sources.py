@@ -1,0 +1,406 @@
+"""Where model files come from: the Hugging Face Hub, a local directory (including RunPod's cached models) or a
+built-in tiny model generator. Each source lists what it will deliver, then writes it into a staging folder.
+
+huggingface_hub is imported inside the functions that need it: it reads HF_* variables once, at import, and the
+worker sets them (volume paths) before the first download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .catalog import Part
+from .errors import ModelNotFoundError, SourceError, VerificationError, hub_errors
+
+if TYPE_CHECKING:
+    from .lock import Progress
+
+log = logging.getLogger(__name__)
+
+Generator = Callable[[Path], None]
+
+# Generators live in modules that import torch and friends, so they are named here and imported only when used.
+BUILTINS: dict[str, str | Generator] = {
+    "sdxl-tiny": "cache.tiny.sdxl:build",
+    "heartmula-tiny": "cache.tiny.heartmula:build",
+    "ip-adapter-tiny": "cache.tiny.ip_adapter:build",
+}
+
+# huggingface_hub's bookkeeping inside a local_dir download; the manifest replaces it once a model is published.
+HF_LOCAL_DIR_CACHE = ".cache"
+MANIFEST_NAME = ".complete.json"
+
+
+def register_builtin(name: str, generator: str | Generator) -> None:
+    """Add a builtin generator: a `build(dest: Path) -> None` callable or its "module:function" path."""
+    BUILTINS[name] = generator
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    size: int
+    sha256: str | None = None
+    git_oid: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a part delivers: the resolved revision and the files (relative to the part's subdir)."""
+
+    revision: str
+    files: dict[str, RemoteFile]
+    origin: str
+
+
+class Source(Protocol):
+    part: Part
+
+    def list(self) -> Listing | None:
+        """The files this source will deliver, or None when they are known only after fetching (generators)."""
+
+    def fetch(self, dest: Path, listing: Listing | None, progress: Progress) -> Listing:
+        """Write the files into `dest` (which may hold files of an earlier, interrupted fetch); return the listing."""
+
+
+def open_source(part: Part, runpod_hf_cache_dir: Path | None) -> Source:
+    """The source for `part`; a hub part already in RunPod's model cache is taken from there, without network."""
+    if part.kind == "hub":
+        cached = runpod_snapshot(part, runpod_hf_cache_dir) if runpod_hf_cache_dir else None
+        return cached or HubSource(part)
+    if part.kind == "local":
+        return LocalSource(
+            part, Path(part.ref).expanduser(), revision=part.revision, origin=f"local {part.ref}"
+        )
+    return BuiltinSource(part)
+
+
+class HubSource:
+    """A repo on the Hub (or the mirror in HF_ENDPOINT), fetched with `snapshot_download` into real files."""
+
+    def __init__(self, part: Part) -> None:
+        self.part = part
+
+    def list(self) -> Listing:
+        from huggingface_hub import HfApi
+        from huggingface_hub.hf_api import RepoFile
+
+        api = HfApi()
+        part = self.part
+        with hub_errors(part.ref, part.revision):
+            commit = part.revision if part.pinned else api.repo_info(part.ref, revision=part.revision).sha
+            tree = [
+                e
+                for e in api.list_repo_tree(part.ref, recursive=True, revision=commit)
+                if isinstance(e, RepoFile)
+            ]
+        files = {
+            e.path: RemoteFile(size=e.size, sha256=e.lfs.sha256 if e.lfs else None, git_oid=e.blob_id)
+            for e in tree
+        }
+        wanted = filter_paths(files, part)
+        if not wanted:
+            raise ModelNotFoundError(
+                f"no file of {part.ref}@{commit} matches allow={part.allow_patterns} ignore={part.ignore_patterns}; "
+                "fix the patterns"
+            )
+        return Listing(
+            commit, {path: files[path] for path in wanted}, origin=f"hub {api.endpoint}/{part.ref}"
+        )
+
+    def fetch(self, dest: Path, listing: Listing | None, progress: Progress) -> Listing:
+        from huggingface_hub import snapshot_download
+
+        assert listing is not None, "a hub part is always listed first"
+        # With the commit's listing already on disk, snapshot_download makes no API call and downloads exactly the
+        # files that were listed (and checked for free space): the listing holds only the files the patterns select.
+        _write_tree_cache(dest, listing)
+        with hub_errors(self.part.ref, self.part.revision):
+            snapshot_download(
+                self.part.ref,
+                revision=listing.revision,
+                local_dir=dest,
+                allow_patterns=list(self.part.allow_patterns)
+                if self.part.allow_patterns is not None
+                else None,
+                ignore_patterns=list(self.part.ignore_patterns)
+                if self.part.ignore_patterns is not None
+                else None,
+                tqdm_class=_progress_bar_class(progress),
+            )
+        return listing
+
+
+class LocalSource:
+    """A directory: a pre-seeded checkout, an air-gapped mirror, or a snapshot of RunPod's model cache."""
+
+    def __init__(
+        self,
+        part: Part,
+        root: Path,
+        *,
+        revision: str,
+        origin: str,
+        link: bool = False,
+        expected: dict[str, RemoteFile] | None = None,
+    ) -> None:
+        self.part = part
+        self.root = root
+        self.revision = revision
+        self.origin = origin
+        self.link = link
+        self.expected = expected
+
+    def list(self) -> Listing:
+        if not self.root.is_dir():
+            raise ModelNotFoundError(f"{self.origin}: {self.root} is not a directory")
+        found = scan_files(self.root)
+        files = {path: found[path] for path in filter_paths(found, self.part)}
+        if self.expected is not None:
+            files = {path: info for path, info in self.expected.items() if path in files}
+        if not files:
+            raise ModelNotFoundError(f"{self.origin}: no file in {self.root} matches the part's patterns")
+        return Listing(self.revision, files, origin=self.origin)
+
+    def fetch(self, dest: Path, listing: Listing | None, progress: Progress) -> Listing:
+        listing = listing or self.list()
+        for rel, info in listing.files.items():
+            progress.check()
+            target = dest / rel
+            if target.is_file() and target.stat().st_size == info.size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy((self.root / rel).resolve(), target, link=self.link)
+            progress.advance(info.size)
+        return listing
+
+
+class BuiltinSource:
+    """A generator that writes a tiny random-weight model; it goes through the same staging and publishing."""
+
+    def __init__(self, part: Part) -> None:
+        self.part = part
+
+    def list(self) -> None:
+        return None
+
+    def fetch(self, dest: Path, listing: Listing | None, progress: Progress) -> Listing:
+        name = self.part.ref
+        target = BUILTINS.get(name)
+        if target is None:
+            raise ModelNotFoundError(f"no builtin generator {name!r}; known: {', '.join(sorted(BUILTINS))}")
+        build = _import_generator(target) if isinstance(target, str) else target
+        # A generator cannot resume: whatever an interrupted run left is rebuilt from scratch.
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        try:
+            build(dest)
+        except Exception as err:
+            raise SourceError(f"builtin generator {name!r} ({target}) failed: {err}") from err
+        progress.check()
+        files = scan_files(dest)
+        progress.advance(sum(info.size for info in files.values()))
+        return Listing(self.part.revision, files, origin=f"builtin {name}")
+
+
+def runpod_snapshot(part: Part, root: Path) -> LocalSource | None:
+    """The part's snapshot in RunPod's cached-models folder (an HF hub cache), when it is there."""
+    repo_dir = root / f"models--{part.ref.replace('/', '--')}"
+    commit = part.revision
+    if not part.pinned:
+        ref = repo_dir / "refs" / part.revision
+        if not ref.is_file():
+            return None
+        commit = ref.read_text().strip()
+    snapshot = repo_dir / "snapshots" / commit
+    if not snapshot.is_dir():
+        return None
+    # The snapshot's files are symlinks into blobs/ on the same volume: hard links make real files at no cost.
+    source = LocalSource(
+        part,
+        snapshot,
+        revision=commit,
+        origin=f"RunPod model cache {snapshot}",
+        link=True,
+        expected=_read_tree_cache(repo_dir, commit),
+    )
+    try:
+        listing = source.list()
+    except ModelNotFoundError:
+        return None
+    missing = [p for p, info in listing.files.items() if not has_size(snapshot / p, info.size)]
+    if missing:
+        log.info(
+            "RunPod model cache has %s but misses %d file(s), e.g. %s", part.ref, len(missing), missing[0]
+        )
+        return None
+    log.info("using %s from the RunPod model cache at %s", part.ref, snapshot)
+    return source
+
+
+def filter_paths(paths: Iterable[str], part: Part) -> list[str]:
+    """The paths the part's allow/ignore patterns select, with huggingface_hub's own matching rules."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    return list(
+        filter_repo_objects(
+            items=list(paths),
+            allow_patterns=list(part.allow_patterns) if part.allow_patterns is not None else None,
+            ignore_patterns=list(part.ignore_patterns) if part.ignore_patterns is not None else None,
+        )
+    )
+
+
+def scan_files(root: Path) -> dict[str, RemoteFile]:
+    """Every file under `root` (symlinks followed) except huggingface_hub's bookkeeping and our manifest."""
+    files: dict[str, RemoteFile] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if here == root:
+            dirnames[:] = [d for d in dirnames if d != HF_LOCAL_DIR_CACHE]
+        for filename in filenames:
+            path = here / filename
+            if here == root and filename == MANIFEST_NAME:
+                continue
+            files[path.relative_to(root).as_posix()] = RemoteFile(size=path.stat().st_size)
+    return files
+
+
+def verify_delivery(dest: Path, listing: Listing, *, hash_check: bool) -> None:
+    """Raise VerificationError unless every listed file is in `dest` with its size (and hash, with `hash_check`).
+
+    A file that fails is deleted, so that the next attempt fetches it again instead of trusting it.
+    """
+    bad: list[str] = []
+    for rel, info in listing.files.items():
+        if problem := _file_problem(dest / rel, info, hash_check=hash_check):
+            bad.append(f"{rel} ({problem})")
+            (dest / rel).unlink(missing_ok=True)
+    if bad:
+        raise VerificationError(
+            f"{len(bad)} file(s) differ from {listing.origin}: {', '.join(bad[:5])}; they were removed and will "
+            "be fetched again on the next attempt"
+        )
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of every file under `root`, counting symlinks as links."""
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            with suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, filename)).st_size
+    return total
+
+
+def has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _file_problem(path: Path, info: RemoteFile, *, hash_check: bool) -> str | None:
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if actual != info.size:
+        return f"{actual} bytes, expected {info.size}"
+    if hash_check and info.sha256:
+        return None if _digest(path, hashlib.sha256()) == info.sha256 else "sha256 mismatch"
+    # Small (non-LFS) files carry only their git blob id: sha1 over a "blob <size>\0" header and the content.
+    if (
+        hash_check
+        and info.git_oid
+        and _digest(path, hashlib.sha1(f"blob {info.size}\0".encode())) != info.git_oid
+    ):
+        return "git blob id mismatch"
+    return None
+
+
+def _digest(path: Path, hasher: hashlib._Hash) -> str:
+    with path.open("rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path, *, link: bool) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        if link:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _import_generator(target: str) -> Generator:
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise SourceError(f"builtin generator {target} cannot be loaded: {err}") from err
+
+
+def _progress_bar_class(progress: Progress) -> type:
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class ProgressBar(hf_tqdm):
+        """huggingface_hub's bar, which also reports to `progress` and raises when the lease is lost."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            # snapshot_download aggregates every file's written bytes into the bar it names like this.
+            self._counts_bytes = kwargs.get("name") == "huggingface_hub.snapshot_download"
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            progress.check()
+            if self._counts_bytes and n:
+                progress.advance(int(n))
+            return super().update(n)
+
+    return ProgressBar
+
+
+def _write_tree_cache(local_dir: Path, listing: Listing) -> None:
+    # The format huggingface_hub documents in _tree_cache.py; were it to change, it would ignore this file and
+    # list the tree itself (one extra API call), so nothing breaks.
+    files = {}
+    for path, info in listing.files.items():
+        entry: dict = {"size": info.size, "blob_id": info.git_oid or ""}
+        if info.sha256:
+            entry.update(lfs_sha256=info.sha256, lfs_size=info.size)
+        files[path] = entry
+    folder = local_dir / HF_LOCAL_DIR_CACHE / "huggingface" / "trees"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{listing.revision}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"format_version": 1, "files": files}))
+    os.replace(tmp, folder / f"{listing.revision}.json")
+
+
+def _read_tree_cache(repo_dir: Path, commit: str) -> dict[str, RemoteFile] | None:
+    try:
+        data = json.loads((repo_dir / "trees" / f"{commit}.json").read_text())
+        return {
+            path: RemoteFile(size=info["size"], sha256=info.get("lfs_sha256"), git_oid=info.get("blob_id"))
+            for path, info in data["files"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,409 @@
+"""ModelCache: a verified local folder for a ModelSpec, downloaded once per volume however many workers ask.
+
+Layout under `models_dir` (see DESIGN.md, "Paths on the volume"):
+    <name>/                         the published model: real files plus .complete.json, written last
+    .staging/<name>--<spec12>/<claim>/  a holder's work in progress; the next holder adopts it by rename
+    .staging/.trash/                folders being deleted (renamed here first, so no one else writes into them)
+    .locks/<name>.lock              the lease lock
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from .catalog import ModelSpec, Part
+from .errors import CacheError, InsufficientSpaceError, LayoutError, LeaseLostError
+from .lock import ModelLease, Progress, acquire_lease, describe_holder, human_bytes, thread_gate
+from .sources import (
+    HF_LOCAL_DIR_CACHE,
+    MANIFEST_NAME,
+    Listing,
+    LocalSource,
+    Source,
+    has_size,
+    open_source,
+    tree_size,
+    verify_delivery,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+_OTHER_SPEC = "published for another spec (revision or file selection changed)"
+# Headroom kept free beyond the listed sizes: filesystem overhead and huggingface_hub's bookkeeping files.
+_SPACE_RESERVE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model as `python -m cache status` shows it."""
+
+    name: str
+    state: str  # complete | outdated | damaged | missing
+    path: Path | None
+    size_bytes: int = 0
+    revisions: dict[str, str] = field(default_factory=dict)
+    holder: str | None = None
+    staged_bytes: int = 0
+    problem: str | None = None
+
+
+class ModelCache:
+    """Models on the shared volume. `ensure` returns a published, verified folder; thread- and process-safe."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        lease_s: float = 60,
+        verify_sha256: bool = False,
+        runpod_hf_cache_dir: Path | None = None,
+        baked_dir: Path | None = None,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.lease_s = lease_s
+        self.verify_sha256 = verify_sha256
+        self.runpod_hf_cache_dir = runpod_hf_cache_dir
+        self.baked_dir = baked_dir
+        self.staging_dir = self.models_dir / ".staging"
+        self.locks_dir = self.models_dir / ".locks"
+
+    def ensure(self, spec: ModelSpec, timeout: float) -> Path:
+        """The model's folder, downloading it if no one has; waits at most `timeout` seconds for another worker."""
+        return self._ensure(spec, timeout, seed_from=None)
+
+    def seed(self, spec: ModelSpec, source_dir: Path, timeout: float) -> Path:
+        """Publish `source_dir` (which must hold the model's full layout) as `spec`, through the same checks."""
+        return self._ensure(spec, timeout, seed_from=Path(source_dir))
+
+    def warm(self, specs: Iterable[ModelSpec], timeout: float) -> dict[str, Path]:
+        """`ensure` each spec within one overall `timeout`; the folder of each by spec name."""
+        deadline = time.monotonic() + timeout
+        return {spec.name: self.ensure(spec, max(deadline - time.monotonic(), 0.0)) for spec in specs}
+
+    def status(self, specs: Iterable[ModelSpec] = ()) -> list[ModelStatus]:
+        """Every model on the volume (and baked into the image), plus the given specs even when missing."""
+        wanted = {spec.name: spec for spec in specs}
+        found = set(wanted)
+        for root in (self.models_dir, self.baked_dir):
+            if root is not None and root.is_dir():
+                found.update(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        return [self._status_of(name, wanted.get(name)) for name in sorted(found)]
+
+    def _ensure(self, spec: ModelSpec, timeout: float, seed_from: Path | None) -> Path:
+        started = time.monotonic()
+        deadline = started + timeout
+        if (path := self._ready(spec)) is not None:
+            log.info("%s: ready at %s (%.0f ms)", spec.name, path, 1000 * (time.monotonic() - started))
+            return path
+        with thread_gate(f"{self.models_dir.resolve()}/{spec.name}", deadline, spec.name):
+            lease = ModelLease(self.locks_dir / f"{spec.name}.lock", self.lease_s)
+            while True:
+                if not acquire_lease(lease, deadline, spec.name, lambda: self._ready(spec) is not None):
+                    if (path := self._ready(spec)) is not None:
+                        log.info("%s: ready at %s (after %.1fs)", spec.name, path, time.monotonic() - started)
+                        return path
+                    continue
+                try:
+                    return self._build(spec, lease, seed_from)
+                except LeaseLostError as err:
+                    log.warning("%s: %s; waiting for the new holder instead", spec.name, err)
+                finally:
+                    lease.release()
+                lease = ModelLease(lease.path, self.lease_s)
+
+    def _ready(self, spec: ModelSpec) -> Path | None:
+        # The image is local disk and immutable: a baked model is used in place rather than copied to the volume.
+        for root in (self.baked_dir, self.models_dir):
+            if root is not None and _problem(root / spec.name, spec) is None:
+                return root / spec.name
+        return None
+
+    def _build(self, spec: ModelSpec, lease: ModelLease, seed_from: Path | None) -> Path:
+        target = self.models_dir / spec.name
+        if _problem(target, spec) is None:
+            self._clean_staging(spec)
+            return target
+        claim = self._claim(spec, lease.token)
+        try:
+            manifest = self._fill(spec, claim, lease, seed_from)
+            lease.check(force=True)
+            _write_json(claim / MANIFEST_NAME, manifest)
+            self._publish(spec, claim, target)
+        except Exception as err:
+            # After a takeover, any failure (a file that vanished when the new holder adopted our folder) is a
+            # symptom of the lost lease, and is handled as such.
+            if not isinstance(err, LeaseLostError) and lease.still_held():
+                raise
+            # The new holder adopted this folder already, or whatever is left at our path is ours alone; so is the
+            # group folder once empty (our download threads may have recreated it after the new holder published).
+            self._discard(claim)
+            with suppress(OSError):
+                claim.parent.rmdir()
+            if isinstance(err, LeaseLostError):
+                raise
+            raise LeaseLostError(
+                f"{lease.lost_message()} (it ended this worker's attempt with: {err})"
+            ) from err
+        self._clean_staging(spec)
+        log.info("%s: published at %s (%s)", spec.name, target, human_bytes(manifest["total_bytes"]))
+        return target
+
+    def _fill(self, spec: ModelSpec, claim: Path, lease: ModelLease, seed_from: Path | None) -> dict:
+        parts = (Part(kind="local", path=str(seed_from)),) if seed_from else spec.parts
+        sources = [open_source(part, self.runpod_hf_cache_dir) for part in parts]
+        listings: list[Listing | None] = []
+        for part, source in zip(parts, sources):
+            lease.check()
+            listings.append(_labelled(spec, part, source.list))
+        self._check_space(spec, claim, parts, sources, listings)
+        files: dict[str, dict] = {}
+        records = []
+        for part, source, listing in zip(parts, sources, listings):
+            dest = claim / part.subdir
+            total = sum(f.size for f in listing.files.values()) if listing else None
+            progress = Progress(f"{spec.name}: {part.describe()}", total, lease.check)
+            log.info(
+                "%s: fetching %s from %s",
+                spec.name,
+                part.describe(),
+                listing.origin if listing else "generator",
+            )
+            listing = _labelled(spec, part, partial(source.fetch, dest, listing, progress))
+            progress.finish()
+            _labelled(spec, part, partial(verify_delivery, dest, listing, hash_check=self.verify_sha256))
+            shutil.rmtree(dest / HF_LOCAL_DIR_CACHE, ignore_errors=True)
+            for rel, info in listing.files.items():
+                files[f"{part.subdir}/{rel}" if part.subdir else rel] = _file_entry(info.size, info.sha256)
+            records.append({"part": part.describe(), "revision": listing.revision, "origin": listing.origin})
+        check_layout(spec, claim)
+        return {
+            "format": MANIFEST_FORMAT,
+            "name": spec.name,
+            "fingerprint": spec.fingerprint,
+            "spec": spec.to_dict(),
+            "parts": records,
+            "files": dict(sorted(files.items())),
+            "total_bytes": sum(entry["size"] for entry in files.values()),
+            "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "published_by": f"pid {os.getpid()} on {socket.gethostname()}",
+        }
+
+    def _claim(self, spec: ModelSpec, token: str) -> Path:
+        """This holder's staging folder, adopting the newest one an earlier (dead or paused) holder left."""
+        group = self.staging_dir / f"{spec.name}--{spec.fingerprint[:12]}"
+        group.mkdir(parents=True, exist_ok=True)
+        claim = group / token[:16]
+        self._empty_trash()
+        previous = sorted((d for d in group.iterdir() if d.is_dir()), key=_mtime, reverse=True)
+        adopted = None
+        for old in previous:
+            if adopted is None:
+                try:
+                    # A rename, not a copy: a paused holder that wakes up writes to its old path, no longer ours.
+                    old.rename(claim)
+                    adopted = old
+                    continue
+                except FileNotFoundError:
+                    continue
+            self._discard(old)
+        if adopted is None:
+            claim.mkdir()
+            return claim
+        # Partial files are never resumed by huggingface_hub, and the per-file lock files may still be locked by
+        # the paused holder (its open descriptors followed the rename): both go, the finished files stay.
+        for bookkeeping in claim.glob(f"**/{HF_LOCAL_DIR_CACHE}/huggingface"):
+            for pattern in ("*.incomplete", "*.lock"):
+                for leftover in bookkeeping.rglob(pattern):
+                    leftover.unlink(missing_ok=True)
+        log.info("%s: resuming with %s left by an earlier holder", spec.name, human_bytes(tree_size(claim)))
+        return claim
+
+    def _check_space(
+        self,
+        spec: ModelSpec,
+        claim: Path,
+        parts: Iterable[Part],
+        sources: list[Source],
+        listings: list[Listing | None],
+    ) -> None:
+        needed = 0
+        for part, source, listing in zip(parts, sources, listings):
+            if listing is None or (isinstance(source, LocalSource) and source.link):
+                continue
+            dest = claim / part.subdir
+            needed += sum(f.size for rel, f in listing.files.items() if not has_size(dest / rel, f.size))
+        free = shutil.disk_usage(claim).free
+        if needed + _SPACE_RESERVE > free:
+            raise InsufficientSpaceError(
+                f"{spec.name} needs {human_bytes(needed)} more on {self.models_dir} but only {human_bytes(free)} is "
+                "free: grow the network volume or delete unused models (python -m cache status lists them)"
+            )
+
+    def _publish(self, spec: ModelSpec, claim: Path, target: Path) -> None:
+        if target.exists() or target.is_symlink():
+            log.info("%s: replacing the published copy (%s)", spec.name, _problem(target, spec))
+            self._discard(target)
+        try:
+            os.rename(claim, target)
+        except OSError as err:
+            if _problem(target, spec) is None:
+                self._discard(claim)
+                return
+            raise CacheError(f"cannot publish {spec.name} at {target}: {err}") from err
+        _fsync_dir(self.models_dir)
+
+    def _clean_staging(self, spec: ModelSpec) -> None:
+        """Remove staging folders of this model's name: partial downloads that the published copy supersedes."""
+        for group in self._staging_groups(spec.name):
+            self._discard(group)
+
+    def _staging_groups(self, name: str) -> list[Path]:
+        pattern = re.compile(rf"{re.escape(name)}--[0-9a-f]{{12}}")
+        if not self.staging_dir.is_dir():
+            return []
+        return [g for g in self.staging_dir.iterdir() if g.is_dir() and pattern.fullmatch(g.name)]
+
+    def _discard(self, path: Path) -> None:
+        # Renamed into the trash first: a paused writer that wakes up can no longer reach it by its path.
+        trash = self.staging_dir / ".trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        grave = trash / uuid.uuid4().hex
+        try:
+            path.rename(grave)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(grave, ignore_errors=True)
+
+    def _empty_trash(self) -> None:
+        trash = self.staging_dir / ".trash"
+        if trash.is_dir():
+            for grave in trash.iterdir():
+                shutil.rmtree(grave, ignore_errors=True)
+
+    def _status_of(self, name: str, spec: ModelSpec | None) -> ModelStatus:
+        lock = self.locks_dir / f"{name}.lock"
+        holder = describe_holder(lock, self.lease_s) if lock.exists() else None
+        staged = sum(tree_size(group) for group in self._staging_groups(name))
+        for root in (self.baked_dir, self.models_dir):
+            if root is None or not (root / name).is_dir():
+                continue
+            path = root / name
+            manifest = _read_manifest(path)
+            if manifest is None:
+                return ModelStatus(name, "damaged", path, tree_size(path), {}, holder, staged, "no manifest")
+            problem = _files_problem(path, manifest)
+            state = "damaged" if problem else "complete"
+            if not problem and spec is not None and manifest.get("fingerprint") != spec.fingerprint:
+                state, problem = "outdated", _OTHER_SPEC
+            revisions = {p["part"]: p["revision"] for p in manifest.get("parts", [])}
+            return ModelStatus(
+                name, state, path, manifest.get("total_bytes", 0), revisions, holder, staged, problem
+            )
+        return ModelStatus(name, "missing", None, 0, {}, holder, staged, None)
+
+
+def check_layout(spec: ModelSpec, root: Path) -> None:
+    """Raise LayoutError naming every required file, and every shard of a weight index, that is missing."""
+    missing = [pattern for pattern in spec.required_files if not _present(root, pattern)]
+    for index in sorted(root.rglob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError) as err:
+            missing.append(f"{index.relative_to(root)} (unreadable: {err})")
+            continue
+        missing += [
+            (index.parent / s).relative_to(root).as_posix()
+            for s in sorted(shards)
+            if not (index.parent / s).is_file()
+        ]
+    if missing:
+        raise LayoutError(
+            f"{spec.name} is incomplete after fetching {', '.join(p.describe() for p in spec.parts)}: missing "
+            f"{', '.join(missing)}. Check that every part of the model is listed in the catalog and present at "
+            "its source"
+        )
+
+
+def _labelled(spec: ModelSpec, part: Part, call):
+    """Run a source call; a cache error gets the model and part it concerns prepended."""
+    try:
+        return call()
+    except LeaseLostError:
+        raise
+    except CacheError as err:
+        raise type(err)(f"{spec.name}, part {part.describe()}: {err}") from err
+
+
+def _problem(path: Path, spec: ModelSpec) -> str | None:
+    """Why `path` is not a complete copy of `spec`, or None when it is. Reads the manifest and stats each file."""
+    manifest = _read_manifest(path)
+    if manifest is None:
+        return "no manifest"
+    if manifest.get("fingerprint") != spec.fingerprint:
+        return _OTHER_SPEC
+    return _files_problem(path, manifest)
+
+
+def _files_problem(path: Path, manifest: dict) -> str | None:
+    for rel, entry in manifest.get("files", {}).items():
+        if not has_size(path / rel, entry.get("size", -1)):
+            return f"{rel} is missing or has the wrong size"
+    return None
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads((path / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
+
+
+def _file_entry(size: int, sha256: str | None) -> dict:
+    return {"size": size, "sha256": sha256} if sha256 else {"size": size}
+
+
+def _present(root: Path, pattern: str) -> bool:
+    if not any(ch in pattern for ch in "*?["):
+        return (root / pattern).is_file()
+    return any(p.is_file() for p in root.glob(pattern))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Best effort: some network file systems refuse to open a directory for fsync.
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
