@@ -1,0 +1,162 @@
+"""`python -m cache`: fetch, pre-seed and inspect the models on the volume.
+
+    python -m cache ensure REPO_ID|CATALOG_NAME [--revision REV] [--name NAME] [--allow GLOB]... [--timeout S]
+    python -m cache warm [--jobs music,image,...]
+    python -m cache status [--json]
+    python -m cache seed CATALOG_NAME --from DIR
+
+`ensure` and `seed` print the model's local path and nothing else on stdout; logs go to stderr. Paths come from
+VOLUME_ROOT (see DESIGN.md); the other settings from the worker's environment variables. The exit status is 0 on
+success, 1 when the model could not be provided, 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from worker.config import ConfigError, Settings
+
+from . import catalog
+from .catalog import ModelSpec, Part, Profile
+from .errors import CacheError
+from .lock import human_bytes
+from .store import ModelCache, ModelStatus
+from .volume import resolve_volume
+
+log = logging.getLogger("cache")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # One line per HTTP request would drown the cache's own progress lines.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # The volume's HF_HOME and TMPDIR must be in place before huggingface_hub is first imported.
+    volume = resolve_volume(settings.volume_root)
+    volume.configure_environment()
+    cache = ModelCache(
+        args.models_dir or volume.models_dir,
+        lease_s=args.lease_s or settings.cache_lease_s,
+        verify_sha256=settings.cache_verify_sha256,
+        runpod_hf_cache_dir=settings.runpod_hf_cache_dir,
+        baked_dir=settings.baked_models_dir,
+    )
+    timeout = args.timeout if args.timeout is not None else settings.cache_wait_timeout_s
+    profile: Profile = args.profile or ("tiny" if settings.model_profile == "tiny" else "production")
+    try:
+        if args.command == "ensure":
+            print(cache.ensure(_spec_for(args, profile), timeout))
+        elif args.command == "seed":
+            print(cache.seed(catalog.get(args.name, profile), args.source, timeout))
+        elif args.command == "warm":
+            jobs = (
+                [j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else settings.worker_jobs
+            )
+            for name, path in cache.warm(catalog.for_jobs(jobs, profile), timeout).items():
+                print(f"{name}\t{path}")
+        else:
+            specs = [catalog.get(n, p) for n in catalog.names() for p in ("production", "tiny")]  # type: ignore[arg-type]
+            _print_status(cache.status(specs), as_json=args.json)
+    except CacheError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _spec_for(args: argparse.Namespace, profile: Profile) -> ModelSpec:
+    ad_hoc = args.revision or args.name or args.allow or args.ignore
+    if "/" not in args.model and args.model in catalog.names() and not ad_hoc:
+        return catalog.get(args.model, profile)
+    part = Part(
+        kind="hub",
+        repo_id=args.model,
+        revision=args.revision or "main",
+        allow_patterns=tuple(args.allow) if args.allow else None,
+        ignore_patterns=tuple(args.ignore) if args.ignore else None,
+    )
+    return ModelSpec(name=args.name or args.model.replace("/", "--"), parts=(part,))
+
+
+def _print_status(statuses: list[ModelStatus], *, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps([{**asdict(s), "path": str(s.path) if s.path else None} for s in statuses], indent=1)
+        )
+        return
+    print(f"{'MODEL':<20} {'STATE':<9} {'SIZE':>9}  {'REVISION':<14} DETAIL")
+    for s in statuses:
+        revision = ",".join(r[:12] for r in s.revisions.values()) or "-"
+        detail = [s.problem] if s.problem and s.state != "complete" else []
+        if s.holder:
+            detail.append(f"locked by {s.holder}")
+        if s.staged_bytes:
+            detail.append(f"{human_bytes(s.staged_bytes)} in staging")
+        if s.path:
+            detail.append(str(s.path))
+        print(f"{s.name:<20} {s.state:<9} {human_bytes(s.size_bytes):>9}  {revision:<14} {'; '.join(detail)}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cache", description="The model cache on the network volume."
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, help="publish here instead of <volume>/models (to bake an image)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("production", "tiny"),
+        help="catalog profile (default: production unless MODEL_PROFILE=tiny)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="seconds to wait for another worker (CACHE_WAIT_TIMEOUT_S)"
+    )
+    parser.add_argument(
+        "--lease-s",
+        type=float,
+        help="lock lease in seconds; every worker on the volume must use the same (CACHE_LEASE_S)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ensure = commands.add_parser("ensure", help="fetch a model and print its local path")
+    ensure.add_argument(
+        "model", metavar="REPO_ID", help="a Hub repo id, or a catalog name: " + ", ".join(catalog.names())
+    )
+    ensure.add_argument("--revision", help="commit, branch or tag (default: main, recorded as its commit)")
+    ensure.add_argument("--name", help="folder name under models/ (default: the repo id with / as --)")
+    ensure.add_argument("--allow", action="append", metavar="GLOB", help="only files matching (repeatable)")
+    ensure.add_argument("--ignore", action="append", metavar="GLOB", help="skip files matching (repeatable)")
+
+    warm = commands.add_parser("warm", help="fetch the models of the given job types (default: WORKER_JOBS)")
+    warm.add_argument("--jobs", help="comma-separated job types: " + ", ".join(sorted(catalog.JOB_MODELS)))
+
+    status = commands.add_parser("status", help="list the models on the volume")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    seed = commands.add_parser(
+        "seed", help="publish a local directory as a catalog model (air-gapped volumes)"
+    )
+    seed.add_argument("name", help="catalog name: " + ", ".join(catalog.names()))
+    seed.add_argument(
+        "--from", dest="source", type=Path, required=True, help="directory holding the model's layout"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
