@@ -1,0 +1,209 @@
+"""The other sources (local directory, RunPod's model cache, builtin generators, baked models), the catalog,
+staging hygiene and the status listing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cache_fixtures import (
+    LEASE_S,
+    ROOT,
+    cli_env,
+    file_digests,
+    make_repo,
+    run_cli,
+    running_hub,
+    sharded_files,
+    staging_leftovers,
+)
+from hub_server import FakeHub
+
+from cache import LayoutError, ModelCache, ModelSpec, Part, SourceError, catalog, register_builtin
+
+hub = pytest.fixture(running_hub)
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def _heartmula_checkout(root: Path) -> Path:
+    return _write_tree(
+        root,
+        {
+            "tokenizer.json": b"{}",
+            "gen_config.json": b"{}",
+            **sharded_files("HeartMuLa-oss-3B/", shards=2, shard_size=10_000),
+            **sharded_files("HeartCodec-oss/", shards=1, shard_size=10_000, seed=5),
+        },
+    )
+
+
+def test_seeded_volume_serves_without_network(tmp_path: Path) -> None:
+    checkout = _heartmula_checkout(tmp_path / "ckpt")
+    # No Hub at all: an unreachable endpoint, as on an air-gapped site.
+    env = cli_env(tmp_path / "volume", HF_ENDPOINT="http://127.0.0.1:9")
+    seeded = run_cli("--profile", "production", "seed", "heartmula", "--from", str(checkout), env=env)
+    warm = run_cli("--profile", "production", "warm", "--jobs", "music", env=env)
+
+    assert seeded.returncode == 0, seeded.stderr
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.strip() == f"heartmula\t{seeded.stdout.strip()}"
+    assert file_digests(Path(seeded.stdout.strip())) == file_digests(checkout)
+
+
+def test_seeding_an_incomplete_checkout_names_what_is_missing(tmp_path: Path) -> None:
+    checkout = _heartmula_checkout(tmp_path / "ckpt")
+    (checkout / "HeartCodec-oss" / "config.json").unlink()
+    result = run_cli(
+        "--profile",
+        "production",
+        "seed",
+        "heartmula",
+        "--from",
+        str(checkout),
+        env=cli_env(tmp_path / "volume"),
+    )
+
+    assert result.returncode == 1
+    assert "missing HeartCodec-oss/config.json" in result.stderr
+    assert not (tmp_path / "volume" / "models" / "heartmula").exists()
+
+
+def test_runpod_cached_model_is_linked_without_network(hub: FakeHub, tmp_path: Path) -> None:
+    repo = make_repo()  # known to the test, not served: any request would show in the stats
+    runpod = tmp_path / "runpod-cache"
+    repo_dir = runpod / "models--org--model"
+    for rel, data in repo.files.items():
+        blob = repo_dir / "blobs" / repo.sha256(rel)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo_dir / "snapshots" / repo.commit / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(repo.commit)
+
+    result = run_cli(
+        "ensure", repo.repo_id, env=cli_env(tmp_path / "volume", hub, RUNPOD_HF_CACHE_DIR=str(runpod))
+    )
+
+    assert result.returncode == 0, result.stderr
+    published = Path(result.stdout.strip())
+    assert hub.stats.total_requests == 0
+    assert file_digests(published) == {rel: repo.sha256(rel) for rel in repo.files}
+    shard = published / "model-00001-of-00003.safetensors"
+    assert not shard.is_symlink()
+    assert shard.stat().st_ino == (repo_dir / "blobs" / repo.sha256(shard.name)).stat().st_ino
+
+
+def _builtin_spec(name: str, build, **kwargs: object) -> ModelSpec:
+    register_builtin(f"test-{name}", build)
+    return ModelSpec(name, parts=(Part(kind="builtin", generator=f"test-{name}"),), **kwargs)  # type: ignore[arg-type]
+
+
+def _tiny_build(dest: Path) -> None:
+    (dest / "config.json").write_text('{"tiny": true}')
+    (dest / "weights.bin").write_bytes(b"\1" * 1000)
+
+
+def test_baked_model_is_used_in_place(tmp_path: Path) -> None:
+    spec = _builtin_spec("baked", _tiny_build, required_files=("config.json",))
+    baked = ModelCache(tmp_path / "image-models", lease_s=LEASE_S).ensure(spec, timeout=10)
+    cache = ModelCache(tmp_path / "volume" / "models", lease_s=LEASE_S, baked_dir=tmp_path / "image-models")
+
+    assert cache.ensure(spec, timeout=10) == baked
+    assert not (tmp_path / "volume" / "models" / "baked").exists()
+
+
+def test_failed_build_publishes_nothing_and_a_retry_succeeds(tmp_path: Path) -> None:
+    def broken(dest: Path) -> None:
+        (dest / "config.json").write_text("{}")
+        raise RuntimeError("out of memory")
+
+    cache = ModelCache(tmp_path / "models", lease_s=LEASE_S)
+    with pytest.raises(SourceError, match="out of memory"):
+        cache.ensure(_builtin_spec("flaky", broken), timeout=10)
+    assert not (tmp_path / "models" / "flaky").exists()
+
+    path = cache.ensure(_builtin_spec("flaky", _tiny_build), timeout=10)
+    assert json.loads((path / ".complete.json").read_text())["files"]["weights.bin"] == {"size": 1000}
+    assert staging_leftovers(tmp_path / "models") == []
+
+
+def test_builtin_output_is_checked_against_the_layout(tmp_path: Path) -> None:
+    spec = _builtin_spec("layout", _tiny_build, required_files=("config.json", "unet/*.safetensors"))
+    with pytest.raises(LayoutError, match=r"missing unet/\*\.safetensors"):
+        ModelCache(tmp_path / "models", lease_s=LEASE_S).ensure(spec, timeout=10)
+    assert not (tmp_path / "models" / "layout").exists()
+
+
+def test_orphan_staging_folders_are_removed(tmp_path: Path) -> None:
+    spec = _builtin_spec("orphans", _tiny_build)
+    models = tmp_path / "models"
+    _write_tree(
+        models / ".staging",
+        {
+            f"orphans--{spec.fingerprint[:12]}/0123456789abcdef/weights.bin": b"partial",
+            "orphans--000000000000/fedcba9876543210/old.bin": b"an older revision",
+            "orphans-other--000000000000/0123456789abcdef/keep.bin": b"another model's download",
+        },
+    )
+    ModelCache(models, lease_s=LEASE_S).ensure(spec, timeout=10)
+
+    assert staging_leftovers(models) == [
+        "orphans-other--000000000000",
+        "orphans-other--000000000000/0123456789abcdef",
+        "orphans-other--000000000000/0123456789abcdef/keep.bin",
+    ]
+
+
+def test_status_lists_complete_and_missing_models(hub: FakeHub, tmp_path: Path) -> None:
+    repo = hub.add(make_repo())
+    env = cli_env(tmp_path / "volume", hub)
+    assert run_cli("ensure", repo.repo_id, env=env).returncode == 0
+    result = run_cli("status", "--json", env=env)
+
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["org--model"]["state"] == "complete"
+    assert rows["org--model"]["size_bytes"] == sum(len(d) for d in repo.files.values())
+    assert rows["org--model"]["revisions"] == {"hub org/model@main": repo.commit}
+    assert rows["sdxl-base"]["state"] == "missing"
+    assert set(rows) >= {"sdxl-base", "sdxl-tiny", "heartmula", "heartmula-tiny", "ip-adapter-sdxl"}
+
+
+def test_importing_the_package_stays_light() -> None:
+    probe = (
+        "import sys, cache, cache.store, cache.sources, cache.lock, cache.catalog; "
+        "print([m for m in ('torch', 'huggingface_hub', 'filelock') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_catalog_maps_jobs_to_pinned_models() -> None:
+    assert [s.name for s in catalog.for_jobs(["dataset", "image"], "production")] == [
+        "sdxl-base",
+        "ip-adapter-sdxl",
+    ]
+    assert [s.name for s in catalog.for_jobs(["music"], "tiny")] == ["heartmula-tiny"]
+    for name in catalog.names():
+        production = catalog.get(name, "production")
+        assert all(part.pinned for part in production.parts), name
+        assert catalog.get(name, "tiny").parts[0].kind == "builtin"
+    heartmula = catalog.get("heartmula", "production")
+    assert [p.subdir for p in heartmula.parts] == ["", "HeartMuLa-oss-3B", "HeartCodec-oss"]
+    assert heartmula.version == "3B" and catalog.get("heartmula", "tiny").version == "tiny"
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        catalog.get("nope", "production")
