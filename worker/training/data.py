@@ -1,0 +1,228 @@
+"""Training examples: found (a dataset job, a volume folder or inline images), cropped, and cached once.
+
+A dataset folder is the layout kohya-ss/sd-scripts and ai-toolkit read: `<name>.<png|jpg|jpeg|webp|bmp>` beside
+`<name>.txt` holding the caption. The cache keeps what does not change between steps on the device: the VAE
+latents (unless `cache_latents` is off, when the cropped pixels are kept and encoded each step) and, when the text
+encoders are frozen, the caption embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.inputs import IMAGE_SUFFIXES, InputLimits, VolumeFiles, decode_image, load_image, read_file
+from worker.schemas import MAX_TRAINING_IMAGES, JobInputError, TrainingJob
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from worker.store import JobStore
+
+CAPTION_SUFFIX = ".txt"
+DATASET_FOLDER = "dataset"
+
+
+@dataclass
+class Example:
+    """One training image with its caption; `source` names it in error messages and logs."""
+
+    source: str
+    image: Image
+    caption: str
+
+
+def with_trigger(caption: str, trigger_word: str | None) -> str:
+    """Put the trigger word first unless the caption already has it (kohya's convention)."""
+    if not trigger_word or trigger_word.lower() in caption.lower():
+        return caption
+    return f"{trigger_word}, {caption}" if caption else trigger_word
+
+
+def examples_from_folder(
+    folder: Path, field: str, limits: InputLimits, trigger_word: str | None
+) -> list[Example]:
+    """Every image in `folder` (not recursive) with its same-name `.txt` caption, in name order."""
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise JobInputError(f"{field}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder.name!r}")
+    if len(images) > MAX_TRAINING_IMAGES:
+        raise JobInputError(f"{field}: at most {MAX_TRAINING_IMAGES} images, the folder has {len(images)}")
+    examples = []
+    for path in images:
+        where = f"{field}: {path.name}"
+        caption_file = path.with_suffix(CAPTION_SUFFIX)
+        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        if not caption and not trigger_word:
+            raise JobInputError(f"{where} has no caption ({caption_file.name}); add one or give trigger_word")
+        image = decode_image(read_file(path, where, limits), where, limits)
+        examples.append(Example(path.name, image, with_trigger(caption, trigger_word)))
+    return examples
+
+
+def load_examples(
+    job: TrainingJob, store: JobStore, volume: VolumeFiles, limits: InputLimits
+) -> list[Example]:
+    """The job's examples from whichever of dataset_job_id, dataset_path or images it gives."""
+    if job.dataset_job_id is not None:
+        return examples_from_folder(
+            dataset_job_folder(job.dataset_job_id, store), "dataset_job_id", limits, job.trigger_word
+        )
+    if job.dataset_path is not None:
+        folder = volume.resolve(job.dataset_path, "dataset_path", kind="dir")
+        return examples_from_folder(folder, "dataset_path", limits, job.trigger_word)
+    items = job.images or []
+    limits.check_count(len(items), "images")
+    return [
+        Example(
+            f"images.{index}",
+            load_image(item.image, f"images.{index}.image", limits, volume),
+            with_trigger(item.caption, job.trigger_word),
+        )
+        for index, item in enumerate(items)
+    ]
+
+
+def dataset_job_folder(job_id: str, store: JobStore) -> Path:
+    from worker.store import UnsafePathError
+
+    try:
+        result = store.read_result(job_id)
+    except UnsafePathError as error:
+        raise JobInputError(f"dataset_job_id: {error}") from None
+    if result is None:
+        raise JobInputError(f"dataset_job_id: no finished job {job_id!r} on this volume")
+    if result.get("type") != "dataset":
+        raise JobInputError(
+            f"dataset_job_id: job {job_id!r} is a {result.get('type')} job, not a dataset job"
+        )
+    return store.root / job_id / DATASET_FOLDER
+
+
+@dataclass(frozen=True)
+class Cropped:
+    """An image resized so its short side is the training size, centre-cropped to a square, in [-1, 1]."""
+
+    pixels: Any  # [3, size, size] float32
+    original_size: tuple[int, int]  # (height, width) before resizing: SDXL conditions on it
+    crop_top_left: tuple[int, int]
+
+
+def crop(image: Image, size: int) -> Cropped:
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = image.resize(
+        (max(size, round(width * scale)), max(size, round(height * scale))), PILImage.Resampling.LANCZOS
+    )
+    top = (resized.height - size) // 2
+    left = (resized.width - size) // 2
+    square = resized.crop((left, top, left + size, top + size))
+    array = np.asarray(square, dtype=np.float32) / 127.5 - 1.0
+    return Cropped(torch.from_numpy(array).permute(2, 0, 1).contiguous(), (height, width), (top, left))
+
+
+class TrainingData:
+    """The UNet's per-example inputs, with what stays fixed computed once."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        examples: list[Example],
+        resolution: int,
+        *,
+        cache_latents: bool,
+        cache_text: bool,
+        seed: int,
+    ) -> None:
+        import torch
+
+        self.pipe = pipe
+        self.device = pipe.unet.device
+        self.captions = [example.caption for example in examples]
+        self.cache_text = cache_text
+        self._generator = torch.Generator(device="cpu").manual_seed(seed)
+        cropped = [crop(example.image, resolution) for example in examples]
+        self.time_ids = torch.tensor(
+            [[*c.original_size, *c.crop_top_left, resolution, resolution] for c in cropped],
+            dtype=torch.float32,
+        )
+        self.pixels: list[Any] | None = [c.pixels for c in cropped]
+        self.latents: list[Any] | None = None
+        if cache_latents:
+            self.latents = [self.encode_pixels([pixels])[0] for pixels in self.pixels]
+            self.pixels = None  # the cache replaces them; keeping both would double the host memory
+        self._text: dict[str, tuple[Any, Any]] = {}
+        if cache_text:
+            for caption in dict.fromkeys([*self.captions, ""]):
+                self._text[caption] = self.encode_text([caption], grad=False)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def encode_pixels(self, pixels: list[Any]) -> Any:
+        """VAE latents, scaled for the UNet. An fp16 SDXL VAE overflows, so it runs in fp32 (as the pipeline's own
+        decode does) and returns to its dtype: an fp16 → fp32 → fp16 round trip is exact."""
+        import torch
+
+        vae = self.pipe.vae
+        dtype = vae.dtype
+        upcast = dtype == torch.float16 and vae.config.force_upcast
+        try:
+            if upcast:
+                vae.to(torch.float32)
+            batch = torch.stack(pixels).to(self.device, vae.dtype)
+            with torch.no_grad():
+                posterior = vae.encode(batch).latent_dist
+            noise = torch.randn(posterior.mean.shape, generator=self._generator).to(
+                self.device, posterior.mean.dtype
+            )
+            latents = posterior.mean + posterior.std * noise
+            return (latents * vae.config.scaling_factor).float()
+        finally:
+            if upcast:
+                vae.to(dtype)
+
+    def encode_text(self, captions: list[str], *, grad: bool) -> tuple[Any, Any]:
+        """(prompt_embeds, pooled_prompt_embeds) for the captions; with `grad`, through trainable text encoders."""
+        import torch
+
+        with torch.set_grad_enabled(grad):
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=captions,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+            )
+        return embeds, pooled
+
+    def batch(self, indices: list[int], dropped: list[bool]) -> dict[str, Any]:
+        """Latents, text embeddings and SDXL time ids of `indices`; a dropped caption becomes the empty one."""
+        import torch
+
+        captions = ["" if drop else self.captions[i] for i, drop in zip(indices, dropped)]
+        if self.latents is not None:
+            latents = torch.stack([self.latents[i] for i in indices])
+        else:
+            latents = self.encode_pixels([self.pixels[i] for i in indices])
+        if self.cache_text:
+            embeds = torch.cat([self._text[caption][0] for caption in captions])
+            pooled = torch.cat([self._text[caption][1] for caption in captions])
+        else:
+            embeds, pooled = self.encode_text(captions, grad=True)
+        return {
+            "latents": latents,
+            "prompt_embeds": embeds,
+            "pooled": pooled,
+            "time_ids": self.time_ids[indices].to(self.device),
+        }
+
+    def release(self) -> None:
+        """Drop the cached tensors (device memory) as soon as training ends."""
+        self.latents = None
+        self.pixels = None
+        self._text.clear()

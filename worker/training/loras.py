@@ -1,0 +1,81 @@
+"""LoRAs an image job asks for: found on the volume or by training job id, applied for one job, then removed.
+
+Only `.safetensors` files are loaded (a pickle can run code). Unloading removes PEFT's layers and puts the original
+modules and their `requires_grad` flags back, so the resident pipeline is exactly what it was before the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from worker.inputs import VolumeFiles
+from worker.schemas import JobInputError, LoraRef
+from worker.store import JobStore, UnsafePathError
+
+LORA_SUFFIX = ".safetensors"
+
+
+def training_job_lora(job_id: str, store: JobStore, field: str) -> Path:
+    """The LoRA a training job left: its diffusers file, or the last checkpoint of a cancelled run."""
+    try:
+        result = store.read_result(job_id)
+    except UnsafePathError as error:
+        raise JobInputError(f"{field}: {error}") from None
+    if result is None:
+        raise JobInputError(f"{field}: no finished job {job_id!r} on this volume")
+    if result.get("type") != "training":
+        raise JobInputError(f"{field}: job {job_id!r} is a {result.get('type')} job, not a training job")
+    outputs = result.get("outputs", [])
+    final = [o for o in outputs if o.get("kind") == "lora" and o.get("format") == "diffusers"]
+    checkpoints = [o for o in outputs if o.get("kind") == "checkpoint"]
+    chosen = final or checkpoints
+    if not chosen:
+        raise JobInputError(f"{field}: training job {job_id!r} saved no LoRA")
+    path = store.root / chosen[-1]["relpath"]
+    if not path.is_file():
+        raise JobInputError(f"{field}: the LoRA of job {job_id!r} is gone from the volume")
+    return path
+
+
+class LoraLoader:
+    """Resolves `LoraRef`s and applies them to the resident pipeline for the length of one job."""
+
+    def __init__(self, store: JobStore, volume: VolumeFiles) -> None:
+        self.store = store
+        self.volume = volume
+
+    def resolve(self, ref: LoraRef, field: str) -> Path:
+        if ref.job_id is not None:
+            return training_job_lora(ref.job_id, self.store, f"{field}.job_id")
+        path = self.volume.resolve(ref.path or "", f"{field}.path")
+        if path.suffix.lower() != LORA_SUFFIX:
+            raise JobInputError(
+                f"{field}.path: only {LORA_SUFFIX} files are loaded (pickled weights can run code)"
+            )
+        return path
+
+    @contextmanager
+    def applied(self, pipe: Any, refs: list[LoraRef]) -> Iterator[list[str]]:
+        """Load each LoRA under its own adapter name, weight them by `scale`, and unload them all afterwards."""
+        paths = [self.resolve(ref, f"loras.{index}") for index, ref in enumerate(refs)]
+        if not paths:
+            yield []
+            return
+        from worker.training.lora import ResidentGuard
+
+        names = [f"lora_{index}" for index in range(len(paths))]
+        # PEFT's injection freezes every base parameter; the guard puts the flags back when it unloads
+        guard = ResidentGuard(pipe)
+        try:
+            for index, (path, name) in enumerate(zip(paths, names)):
+                try:
+                    pipe.load_lora_weights(str(path), adapter_name=name)
+                except (ValueError, KeyError, RuntimeError, OSError) as error:
+                    raise JobInputError(f"loras.{index}: not a LoRA for this SDXL model ({error})") from None
+            pipe.set_adapters(names, adapter_weights=[ref.scale for ref in refs])
+            yield names
+        finally:
+            guard.restore()
