@@ -8,6 +8,8 @@ import importlib
 REGISTRY: dict[str, str] = {
     "music": "worker.pipelines.music:MusicPipeline",
     "image": "worker.pipelines.image:ImagePipeline",
+    "dataset": "worker.pipelines.dataset:DatasetPipeline",
+    "training": "worker.pipelines.training:TrainingPipeline",
 }
 
 
