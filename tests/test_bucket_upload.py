@@ -119,3 +119,36 @@ def test_fetch_through_runpods_s3_api_over_the_network_volume(
 
     assert fetched[0].read_bytes() == b"\x89PNG fake image"
     assert VolumeS3("v", "k", "s", "https://s3api-eu-ro-1.runpod.io/")._options["region_name"] == "eu-ro-1"
+
+
+SMALL_IMAGE = {"type": "image", "prompt": "a fox", "width": 64, "height": 64, "steps": 1, "seed": 2}
+
+
+def s3_config(endpoint: str, bucket: str = "job-bucket") -> dict[str, str]:
+    return {"accessId": "testing", "accessSecret": "testing", "bucketName": bucket, "endpointUrl": endpoint}
+
+
+def test_the_worker_uploads_when_the_job_carries_s3config(s3_url: str, image_worker: Any) -> None:
+    s3(s3_url).create_bucket(Bucket="job-bucket")
+    result = image_worker.handle_sync({"id": "up-ok", "input": SMALL_IMAGE, "s3Config": s3_config(s3_url)})
+    assert "error" not in result, result
+    [output] = result["outputs"]
+    assert requests.get(output["url"], timeout=10).content == Path(output["path"]).read_bytes()
+    assert (
+        "url" not in (Path(output["path"]).parent / "result.json").read_text()
+    )  # URLs expire; the file stays
+
+
+def test_a_failed_upload_is_an_error_that_keeps_the_outputs(image_worker: Any) -> None:
+    result = image_worker.handle_sync(
+        {"id": "up-fail", "input": SMALL_IMAGE, "s3Config": s3_config("http://127.0.0.1:9", "nowhere")}
+    )
+    assert result["error"].startswith("upload: up-fail/image_00.png to bucket 'nowhere'")
+    folder = image_worker.store.root / "up-fail"
+    assert (folder / "image_00.png").is_file() and (folder / "result.json").is_file()
+
+
+def test_a_bad_s3config_is_refused_before_the_job_runs(image_worker: Any) -> None:
+    result = image_worker.handle_sync({"id": "up-bad", "input": SMALL_IMAGE, "s3Config": {"accessId": "a"}})
+    assert result == {"error": "s3Config: give accessId, accessSecret, bucketName, endpointUrl"}
+    assert not (image_worker.store.root / "up-bad" / "image_00.png").exists()
