@@ -124,4 +124,5 @@ def test_a_celery_task_runs_an_image_job_end_to_end(
     assert Path(path) == tmp_path / "fetched" / answer["job_id"] / "image_00.png"
     with Image.open(path) as image:
         assert image.size == (64, 64)
-    assert answer["result"]["outputs"][0]["url"].startswith("http://127.0.0.1:")  # uploaded too; read from the mount
+    # the worker uploaded it too; the task read it from the mounted volume
+    assert answer["result"]["outputs"][0]["url"].startswith("http://127.0.0.1:")

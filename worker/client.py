@@ -246,7 +246,7 @@ class EndpointClient:
         body = json.dumps(request, separators=(",", ":")).encode()
         if len(body) > limit:
             raise PayloadTooLargeError(
-                f"{route}: the request is {len(body) / 1e6:.1f} MB, over RunPod's {limit // (1024 * 1024)} MB limit; "
+                f"{route}: the request is {len(body) / 2**20:.1f} MB, over RunPod's {limit // (1024 * 1024)} MB limit; "
                 "upload large files to the volume (the file gateway's POST /upload) and send their paths instead"
             )
         return body
