@@ -5,6 +5,8 @@
     python -m cache status [--json]
     python -m cache seed CATALOG_NAME --from DIR
 
+Every command also takes --profile, --timeout, --lease-s and --models-dir.
+
 `ensure` and `seed` print the model's local path and nothing else on stdout; logs go to stderr. Paths come from
 VOLUME_ROOT (see DESIGN.md); the other settings from the worker's environment variables. The exit status is 0 on
 success, 1 when the model could not be provided, 2 for a usage or configuration error.
@@ -28,8 +30,6 @@ from .lock import human_bytes
 from .store import ModelCache, ModelStatus
 from .volume import resolve_volume
 
-log = logging.getLogger("cache")
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     # The volume's HF_HOME and TMPDIR must be in place before huggingface_hub is first imported.
     volume = resolve_volume(settings.volume_root)
-    volume.configure_environment()
+    try:
+        volume.configure_environment()
+    except OSError as err:
+        print(f"error: cannot prepare the volume at {volume.root}: {err}", file=sys.stderr)
+        return 1
     cache = ModelCache(
         args.models_dir or volume.models_dir,
         lease_s=args.lease_s or settings.cache_lease_s,
@@ -67,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in cache.warm(catalog.for_jobs(jobs, profile), timeout).items():
                 print(f"{name}\t{path}")
         else:
-            specs = [catalog.get(n, p) for n in catalog.names() for p in ("production", "tiny")]  # type: ignore[arg-type]
+            specs = [catalog.get(name, p) for name in catalog.names() for p in catalog.PROFILES]
             _print_status(cache.status(specs), as_json=args.json)
-    except CacheError as err:
+    except (CacheError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (KeyError, ValueError) as err:
@@ -112,50 +116,55 @@ def _print_status(statuses: list[ModelStatus], *, as_json: bool) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Every command takes the common options after its name: `python -m cache ensure REPO --timeout 60`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--models-dir", type=Path, help="use this instead of <volume>/models (to bake an image)"
+    )
+    common.add_argument(
+        "--profile",
+        choices=catalog.PROFILES,
+        help="catalog profile (default: production unless MODEL_PROFILE=tiny)",
+    )
+    common.add_argument(
+        "--timeout", type=float, help="seconds to wait for another worker (CACHE_WAIT_TIMEOUT_S)"
+    )
+    common.add_argument(
+        "--lease-s",
+        type=float,
+        help="lock lease; every worker on the volume must use the same (CACHE_LEASE_S)",
+    )
     parser = argparse.ArgumentParser(
         prog="python -m cache", description="The model cache on the network volume."
     )
-    parser.add_argument(
-        "--models-dir", type=Path, help="publish here instead of <volume>/models (to bake an image)"
-    )
-    parser.add_argument(
-        "--profile",
-        choices=("production", "tiny"),
-        help="catalog profile (default: production unless MODEL_PROFILE=tiny)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, help="seconds to wait for another worker (CACHE_WAIT_TIMEOUT_S)"
-    )
-    parser.add_argument(
-        "--lease-s",
-        type=float,
-        help="lock lease in seconds; every worker on the volume must use the same (CACHE_LEASE_S)",
-    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    ensure = commands.add_parser("ensure", help="fetch a model and print its local path")
-    ensure.add_argument(
-        "model", metavar="REPO_ID", help="a Hub repo id, or a catalog name: " + ", ".join(catalog.names())
-    )
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[common])
+
+    ensure = command("ensure", "fetch a model and print its local path")
+    ensure.add_argument("model", metavar="REPO_ID", help=f"a Hub repo id, or a catalog name: {_names()}")
     ensure.add_argument("--revision", help="commit, branch or tag (default: main, recorded as its commit)")
     ensure.add_argument("--name", help="folder name under models/ (default: the repo id with / as --)")
     ensure.add_argument("--allow", action="append", metavar="GLOB", help="only files matching (repeatable)")
     ensure.add_argument("--ignore", action="append", metavar="GLOB", help="skip files matching (repeatable)")
 
-    warm = commands.add_parser("warm", help="fetch the models of the given job types (default: WORKER_JOBS)")
+    warm = command("warm", "fetch the models of the given job types (default: WORKER_JOBS)")
     warm.add_argument("--jobs", help="comma-separated job types: " + ", ".join(sorted(catalog.JOB_MODELS)))
 
-    status = commands.add_parser("status", help="list the models on the volume")
+    status = command("status", "list the models on the volume")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    seed = commands.add_parser(
-        "seed", help="publish a local directory as a catalog model (air-gapped volumes)"
-    )
-    seed.add_argument("name", help="catalog name: " + ", ".join(catalog.names()))
+    seed = command("seed", "publish a local directory as a catalog model (air-gapped volumes)")
+    seed.add_argument("name", help=f"catalog name: {_names()}")
     seed.add_argument(
-        "--from", dest="source", type=Path, required=True, help="directory holding the model's layout"
+        "--from", dest="source", type=Path, required=True, help="folder holding the model's layout"
     )
     return parser
+
+
+def _names() -> str:
+    return ", ".join(catalog.names())
 
 
 if __name__ == "__main__":

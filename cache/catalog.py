@@ -14,6 +14,7 @@ from typing import Literal
 
 SourceKind = Literal["hub", "local", "builtin"]
 Profile = Literal["production", "tiny"]
+PROFILES: tuple[Profile, ...] = ("production", "tiny")
 
 _COMMIT_LENGTH = 40
 

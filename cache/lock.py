@@ -16,8 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CacheError, CacheTimeoutError, LeaseLostError
+
+if TYPE_CHECKING:
+    from filelock import SoftFileLease
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,11 @@ def describe_holder(lock_path: Path, lease_s: float) -> str | None:
     """'pid N on host H (heartbeat Ts ago)' for the current holder of `lock_path`, or None when it is free."""
     from filelock import SoftFileLease
 
-    owner = SoftFileLease(str(lock_path), lease_duration=lease_s).owner
+    return _describe(SoftFileLease(str(lock_path), lease_duration=lease_s), lock_path)
+
+
+def _describe(lease: SoftFileLease, lock_path: Path) -> str | None:
+    owner = lease.owner
     if owner is None:
         return None
     try:
@@ -61,13 +69,16 @@ class ModelLease:
             raise RuntimeError(f"{self.path} is not held")
         return self._token
 
-    def try_acquire(self, wait_s: float) -> bool:
-        """Take the lease within `wait_s` seconds; False when another live holder keeps it."""
+    def try_acquire(self) -> bool:
+        """One attempt to take the lease; False while another live holder keeps it.
+
+        Repeated attempts on the same instance are what let it take over a silent holder: the lock file must be
+        seen unchanged for a whole lease.
+        """
         from filelock import LeaseSettingsMismatch, Timeout
 
-        poll_s = min(1.0, self.lease_s / 10)
         try:
-            self._lease.acquire(timeout=max(wait_s, 0.0), poll_interval=poll_s)
+            self._lease.acquire(blocking=False)
         except Timeout:
             return False
         except LeaseSettingsMismatch as err:
@@ -79,7 +90,7 @@ class ModelLease:
         return True
 
     def holder(self) -> str | None:
-        return describe_holder(self.path, self.lease_s)
+        return _describe(self._lease, self.path)
 
     def check(self, *, force: bool = False) -> None:
         """Raise LeaseLostError when another worker has taken this lease over. Safe from any thread."""
@@ -113,8 +124,8 @@ class ModelLease:
 
     def lost_message(self) -> str:
         return (
-            f"another worker took over {self.path.name} while this one was paused for longer than the "
-            f"{self.lease_s:g}s lease; it now owns the download"
+            f"another worker took over {self.path.name}: this one's heartbeat lapsed for longer than the "
+            f"{self.lease_s:g}s lease (a paused process or a stalled volume), so the other one now owns the download"
         )
 
 
@@ -124,19 +135,20 @@ def acquire_lease(lease: ModelLease, deadline: float, what: str, done: Callable[
     While another worker holds it, logs who at a bounded rate; at the deadline raises CacheTimeoutError naming it.
     """
     reporter = WaitReporter(what, max(deadline - time.monotonic(), 0.0))
-    # Checking `done` between short acquisition attempts lets a waiter return as soon as the holder publishes.
-    poll_s = max(0.2, min(2.0, lease.lease_s / 5))
+    # One attempt per poll, with `done` checked in between: a waiter returns as soon as the holder publishes.
+    poll_s = max(0.05, min(0.5, lease.lease_s / 10))
     while not done():
-        if lease.try_acquire(min(poll_s, max(deadline - time.monotonic(), 0.0))):
+        if lease.try_acquire():
             return True
-        holder = lease.holder()
         if time.monotonic() >= deadline:
             raise CacheTimeoutError(
-                f"timed out after {reporter.waited:.0f}s waiting for {what}: {holder or 'another worker'} holds its "
-                f"download lock {lease.path}. If that worker is still downloading, raise CACHE_WAIT_TIMEOUT_S (and "
-                f"RUNPOD_INIT_TIMEOUT); if it is gone, its lease expires {lease.lease_s:g}s after its last heartbeat"
+                f"timed out after {reporter.waited:.0f}s waiting for {what}: {lease.holder() or 'another worker'} "
+                f"holds its download lock {lease.path}. If that worker is still downloading, raise "
+                f"CACHE_WAIT_TIMEOUT_S (and RUNPOD_INIT_TIMEOUT); if it is gone, its lease expires "
+                f"{lease.lease_s:g}s after its last heartbeat"
             )
-        reporter.tick(holder)
+        reporter.tick(lease.holder)
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
     return False
 
 
@@ -154,17 +166,15 @@ class WaitReporter:
     def waited(self) -> float:
         return time.monotonic() - self.started
 
-    def tick(self, holder: str | None) -> None:
+    def tick(self, holder: Callable[[], str | None]) -> None:
+        """Log a line if one is due; `holder` (who holds what is awaited) is only asked then."""
         now = time.monotonic()
         if now < self._next:
             return
         self._next = now + self.interval_s
+        who = holder() or "another worker"
         log.info(
-            "waiting for %s: held by %s (waited %.0fs of %.0fs)",
-            self.what,
-            holder or "another worker",
-            self.waited,
-            self.timeout,
+            "waiting for %s: held by %s (waited %.0fs of %.0fs)", self.what, who, self.waited, self.timeout
         )
 
 
@@ -188,7 +198,7 @@ def thread_gate(key: str, deadline: float, what: str) -> Iterator[None]:
                 f"timed out after {reporter.waited:.0f}s waiting for another thread of this process to prepare "
                 f"{what}; raise the timeout (CACHE_WAIT_TIMEOUT_S) for large models"
             )
-        reporter.tick("another thread of this process")
+        reporter.tick(lambda: "another thread of this process")
     try:
         yield
     finally:
@@ -232,8 +242,8 @@ class Progress:
 
 def human_bytes(n: float | None) -> str:
     value = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
-    raise AssertionError("unreachable")
+    return f"{value:.1f} TB"

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -129,12 +130,8 @@ class HubSource:
                 self.part.ref,
                 revision=listing.revision,
                 local_dir=dest,
-                allow_patterns=list(self.part.allow_patterns)
-                if self.part.allow_patterns is not None
-                else None,
-                ignore_patterns=list(self.part.ignore_patterns)
-                if self.part.ignore_patterns is not None
-                else None,
+                allow_patterns=_as_list(self.part.allow_patterns),
+                ignore_patterns=_as_list(self.part.ignore_patterns),
                 tqdm_class=_progress_bar_class(progress),
             )
         return listing
@@ -163,23 +160,35 @@ class LocalSource:
     def list(self) -> Listing:
         if not self.root.is_dir():
             raise ModelNotFoundError(f"{self.origin}: {self.root} is not a directory")
-        found = scan_files(self.root)
-        files = {path: found[path] for path in filter_paths(found, self.part)}
-        if self.expected is not None:
-            files = {path: info for path, info in self.expected.items() if path in files}
+        available = self.expected if self.expected is not None else scan_files(self.root)
+        files = {path: available[path] for path in filter_paths(available, self.part)}
         if not files:
             raise ModelNotFoundError(f"{self.origin}: no file in {self.root} matches the part's patterns")
         return Listing(self.revision, files, origin=self.origin)
 
     def fetch(self, dest: Path, listing: Listing | None, progress: Progress) -> Listing:
         listing = listing or self.list()
+        # Copies are written aside first, where the bookkeeping cleanup before publishing removes any leftover.
+        scratch = dest / HF_LOCAL_DIR_CACHE / "partial"
+        scratch.mkdir(parents=True, exist_ok=True)
         for rel, info in listing.files.items():
             progress.check()
             target = dest / rel
-            if target.is_file() and target.stat().st_size == info.size:
+            if has_size(target, info.size):
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy((self.root / rel).resolve(), target, link=self.link)
+            tmp = scratch / f"{uuid.uuid4().hex}.partial"
+            try:
+                if self.link:
+                    try:
+                        os.link((self.root / rel).resolve(), tmp)
+                    except OSError:
+                        shutil.copyfile(self.root / rel, tmp)
+                else:
+                    shutil.copyfile(self.root / rel, tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
             progress.advance(info.size)
         return listing
 
@@ -254,8 +263,8 @@ def filter_paths(paths: Iterable[str], part: Part) -> list[str]:
     return list(
         filter_repo_objects(
             items=list(paths),
-            allow_patterns=list(part.allow_patterns) if part.allow_patterns is not None else None,
-            ignore_patterns=list(part.ignore_patterns) if part.ignore_patterns is not None else None,
+            allow_patterns=_as_list(part.allow_patterns),
+            ignore_patterns=_as_list(part.ignore_patterns),
         )
     )
 
@@ -335,20 +344,8 @@ def _digest(path: Path, hasher: hashlib._Hash) -> str:
     return hasher.hexdigest()
 
 
-def _link_or_copy(src: Path, dst: Path, *, link: bool) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-    tmp.unlink(missing_ok=True)
-    try:
-        if link:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-        else:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _as_list(patterns: tuple[str, ...] | None) -> list[str] | None:
+    return list(patterns) if patterns is not None else None
 
 
 def _import_generator(target: str) -> Generator:

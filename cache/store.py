@@ -185,10 +185,12 @@ class ModelCache:
             listing = _labelled(spec, part, partial(source.fetch, dest, listing, progress))
             progress.finish()
             _labelled(spec, part, partial(verify_delivery, dest, listing, hash_check=self.verify_sha256))
-            shutil.rmtree(dest / HF_LOCAL_DIR_CACHE, ignore_errors=True)
             for rel, info in listing.files.items():
                 files[f"{part.subdir}/{rel}" if part.subdir else rel] = _file_entry(info.size, info.sha256)
             records.append({"part": part.describe(), "revision": listing.revision, "origin": listing.origin})
+        # huggingface_hub's bookkeeping lets an adopted folder skip finished files; the manifest replaces it now.
+        for part in parts:
+            shutil.rmtree(claim / part.subdir / HF_LOCAL_DIR_CACHE, ignore_errors=True)
         check_layout(spec, claim)
         return {
             "format": MANIFEST_FORMAT,

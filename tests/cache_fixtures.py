@@ -64,7 +64,7 @@ def cli_env(volume: Path, hub: FakeHub | None = None, **extra: str) -> dict[str,
 
 
 def cache_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cache", "--lease-s", str(LEASE_S), *args]
+    return [sys.executable, "-m", "cache", *args, "--lease-s", str(LEASE_S)]
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

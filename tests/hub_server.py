@@ -44,10 +44,12 @@ class FakeRepo:
     served: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Hashed once: the server answers every request with them, and hashing large files per request is slow.
+        self._sha256 = {path: hashlib.sha256(data).hexdigest() for path, data in self.files.items()}
         if not self.commit:
             digest = hashlib.sha1(self.repo_id.encode())
             for path in sorted(self.files):
-                digest.update(path.encode() + hashlib.sha256(self.files[path]).digest())
+                digest.update(path.encode() + self._sha256[path].encode())
             self.commit = digest.hexdigest()
         self.branches.setdefault("main", self.commit)
 
@@ -58,7 +60,7 @@ class FakeRepo:
         return len(self.files[path]) >= self.lfs_threshold
 
     def sha256(self, path: str) -> str:
-        return hashlib.sha256(self.files[path]).hexdigest()
+        return self._sha256[path]
 
     def git_oid(self, path: str) -> str:
         content = self.files[path]

@@ -90,7 +90,7 @@ def _heartmula_repos(
 def test_heartmula_composite_is_assembled_from_three_repos(hub: FakeHub, tmp_path: Path) -> None:
     gen, lm, codec = (hub.add(r) for r in _heartmula_repos())
     result = run_cli(
-        "--profile", "production", "warm", "--jobs", "music", env=cli_env(tmp_path / "volume", hub)
+        "warm", "--jobs", "music", "--profile", "production", env=cli_env(tmp_path / "volume", hub)
     )
 
     assert result.returncode == 0, result.stderr
@@ -110,7 +110,7 @@ def test_heartmula_missing_sub_repo_is_named(hub: FakeHub, tmp_path: Path) -> No
     for repo in _heartmula_repos(codec=False):
         hub.add(repo)
     result = run_cli(
-        "--profile", "production", "warm", "--jobs", "music", env=cli_env(tmp_path / "volume", hub)
+        "warm", "--jobs", "music", "--profile", "production", env=cli_env(tmp_path / "volume", hub)
     )
 
     assert result.returncode == 1
@@ -124,7 +124,7 @@ def test_heartmula_missing_shard_is_named_and_nothing_published(hub: FakeHub, tm
     for repo in _heartmula_repos(lm_shards=2, lm_listed_shards=3):
         hub.add(repo)
     result = run_cli(
-        "--profile", "production", "warm", "--jobs", "music", env=cli_env(tmp_path / "volume", hub)
+        "warm", "--jobs", "music", "--profile", "production", env=cli_env(tmp_path / "volume", hub)
     )
 
     assert result.returncode == 1
@@ -199,7 +199,7 @@ def test_timeout_names_the_holder(hub: FakeHub, tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        result = run_cli("--timeout", "1", "ensure", repo.repo_id, env=cli_env(tmp_path / "volume", hub))
+        result = run_cli("ensure", repo.repo_id, "--timeout", "1", env=cli_env(tmp_path / "volume", hub))
     finally:
         holder.kill()
         holder.wait()

@@ -21,7 +21,7 @@ from cache_fixtures import (
     sharded_files,
     staging_leftovers,
 )
-from hub_server import FakeHub
+from hub_server import FakeHub, FakeRepo
 
 from cache import LayoutError, ModelCache, ModelSpec, Part, SourceError, catalog, register_builtin
 
@@ -51,8 +51,8 @@ def test_seeded_volume_serves_without_network(tmp_path: Path) -> None:
     checkout = _heartmula_checkout(tmp_path / "ckpt")
     # No Hub at all: an unreachable endpoint, as on an air-gapped site.
     env = cli_env(tmp_path / "volume", HF_ENDPOINT="http://127.0.0.1:9")
-    seeded = run_cli("--profile", "production", "seed", "heartmula", "--from", str(checkout), env=env)
-    warm = run_cli("--profile", "production", "warm", "--jobs", "music", env=env)
+    seeded = run_cli("seed", "heartmula", "--from", str(checkout), "--profile", "production", env=env)
+    warm = run_cli("warm", "--jobs", "music", "--profile", "production", env=env)
 
     assert seeded.returncode == 0, seeded.stderr
     assert warm.returncode == 0, warm.stderr
@@ -63,26 +63,20 @@ def test_seeded_volume_serves_without_network(tmp_path: Path) -> None:
 def test_seeding_an_incomplete_checkout_names_what_is_missing(tmp_path: Path) -> None:
     checkout = _heartmula_checkout(tmp_path / "ckpt")
     (checkout / "HeartCodec-oss" / "config.json").unlink()
-    result = run_cli(
-        "--profile",
-        "production",
-        "seed",
-        "heartmula",
-        "--from",
-        str(checkout),
-        env=cli_env(tmp_path / "volume"),
-    )
+    env = cli_env(tmp_path / "volume")
+    result = run_cli("seed", "heartmula", "--from", str(checkout), "--profile", "production", env=env)
 
     assert result.returncode == 1
     assert "missing HeartCodec-oss/config.json" in result.stderr
     assert not (tmp_path / "volume" / "models" / "heartmula").exists()
 
 
-def test_runpod_cached_model_is_linked_without_network(hub: FakeHub, tmp_path: Path) -> None:
-    repo = make_repo()  # known to the test, not served: any request would show in the stats
-    runpod = tmp_path / "runpod-cache"
-    repo_dir = runpod / "models--org--model"
+def _runpod_cache(root: Path, repo: FakeRepo, *, skip: str | None = None) -> Path:
+    """RunPod's cached-models folder (an HF hub cache) holding `repo`, its tree listing, and all files but `skip`."""
+    repo_dir = root / "models--org--model"
     for rel, data in repo.files.items():
+        if rel == skip:
+            continue
         blob = repo_dir / "blobs" / repo.sha256(rel)
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(data)
@@ -91,7 +85,15 @@ def test_runpod_cached_model_is_linked_without_network(hub: FakeHub, tmp_path: P
         link.symlink_to(os.path.relpath(blob, link.parent))
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(repo.commit)
+    (repo_dir / "trees").mkdir()
+    tree = {e["path"]: {"size": e["size"], "blob_id": e["oid"]} for e in repo.tree() if e["type"] == "file"}
+    (repo_dir / "trees" / f"{repo.commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}))
+    return root
 
+
+def test_runpod_cached_model_is_linked_without_network(hub: FakeHub, tmp_path: Path) -> None:
+    repo = make_repo()  # known to the test, not served: any request would show in the stats
+    runpod = _runpod_cache(tmp_path / "runpod-cache", repo)
     result = run_cli(
         "ensure", repo.repo_id, env=cli_env(tmp_path / "volume", hub, RUNPOD_HF_CACHE_DIR=str(runpod))
     )
@@ -102,7 +104,20 @@ def test_runpod_cached_model_is_linked_without_network(hub: FakeHub, tmp_path: P
     assert file_digests(published) == {rel: repo.sha256(rel) for rel in repo.files}
     shard = published / "model-00001-of-00003.safetensors"
     assert not shard.is_symlink()
-    assert shard.stat().st_ino == (repo_dir / "blobs" / repo.sha256(shard.name)).stat().st_ino
+    blob = runpod / "models--org--model" / "blobs" / repo.sha256(shard.name)
+    assert shard.stat().st_ino == blob.stat().st_ino
+
+
+def test_incomplete_runpod_snapshot_falls_back_to_the_hub(hub: FakeHub, tmp_path: Path) -> None:
+    repo = hub.add(make_repo())
+    runpod = _runpod_cache(tmp_path / "runpod-cache", repo, skip="model-00002-of-00003.safetensors")
+    result = run_cli(
+        "ensure", repo.repo_id, env=cli_env(tmp_path / "volume", hub, RUNPOD_HF_CACHE_DIR=str(runpod))
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "misses 1 file(s)" in result.stderr
+    assert file_digests(Path(result.stdout.strip())) == {rel: repo.sha256(rel) for rel in repo.files}
 
 
 def _builtin_spec(name: str, build, **kwargs: object) -> ModelSpec:
