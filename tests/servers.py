@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,9 +34,15 @@ class ServerProcess:
     """A child process with its output in a log file."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path = ROOT
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        cwd: Path = ROOT,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
+        self.stop_signal = stop_signal
         self.log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self._log_handle = self.log.open("wb")
         full_env = {**os.environ, **(env or {})}
@@ -59,7 +66,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -160,6 +167,6 @@ def celery_worker(env: Mapping[str, str], app: str = "worker.celery_tasks") -> I
         "--hostname",
         f"test-{os.getpid()}@%h",
     ]
-    server = ServerProcess("celery", argv, env)
+    server = ServerProcess("celery", argv, env, stop_signal=signal.SIGQUIT)  # cold shutdown: nothing to finish
     with running(server, lambda: "ready." in server.log.read_text(errors="replace"), 60):
         yield server
