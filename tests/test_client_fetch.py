@@ -43,7 +43,7 @@ def test_fetch_checks_the_sha256_and_leaves_no_partial_file(tmp_path: Path) -> N
 def test_fetch_refuses_a_result_that_points_outside_the_destination(tmp_path: Path) -> None:
     result = {"outputs": [{"relpath": "../../etc/passwd", "path": "/etc/passwd"}]}
     client = EndpointClient(base_url="http://127.0.0.1:1", outputs=MountedVolume(tmp_path))
-    with pytest.raises(ValueError, match="relative"):
+    with pytest.raises(ClientError, match="relative"):
         client.fetch(result, tmp_path / "dest")
 
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import requests
 
 from worker.client import ClientError, TransientError
-from worker.store import safe_relpath
+from worker.store import UnsafePathError, safe_relpath
 
 _CHUNK = 1 << 20
 
@@ -38,7 +38,10 @@ def fetch_outputs(result: dict[str, Any], dest: Path, source: OutputSource) -> l
         raise ClientError("fetch: the result has no 'outputs' list (is it this worker's result?)")
     paths = []
     for output in outputs:
-        target = dest.joinpath(*safe_relpath(str(output.get("relpath", ""))).parts)
+        try:
+            target = dest.joinpath(*safe_relpath(str(output.get("relpath", ""))).parts)
+        except UnsafePathError as error:  # a result is remote data: it must not write outside `dest`
+            raise ClientError(f"fetch: {error}") from None
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         try:
