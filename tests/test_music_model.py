@@ -50,7 +50,11 @@ class Songs:
         key = (cfg_scale, seed)
         if key not in self._done:
             self._done[key] = self.generator.generate(
-                lyrics="[Verse]\nla la la", tags="piano", duration_s=0.4, cfg_scale=cfg_scale, seed=seed,
+                lyrics="[Verse]\nla la la",
+                tags="piano",
+                duration_s=0.4,
+                cfg_scale=cfg_scale,
+                seed=seed,
                 codec_steps=2,
             )
         return self._done[key]
@@ -107,8 +111,9 @@ def test_cfg_switching_in_one_generator(songs: Songs) -> None:
 
 def test_seed_determines_the_song(songs: Songs, generator: MusicGenerator) -> None:
     a = songs.get(1.5, 7)
-    b = generator.generate(lyrics="[Verse]\nla la la", tags="piano", duration_s=0.4, cfg_scale=1.5, seed=7,
-                           codec_steps=2)
+    b = generator.generate(
+        lyrics="[Verse]\nla la la", tags="piano", duration_s=0.4, cfg_scale=1.5, seed=7, codec_steps=2
+    )
     c = songs.get(1.5, 8)
     assert np.array_equal(a.waveform, b.waveform)
     assert not np.array_equal(a.waveform, c.waveform)
@@ -126,8 +131,14 @@ def test_waveform_shape_and_timing(songs: Songs) -> None:
 
 def test_progress_reports_both_phases(generator: MusicGenerator) -> None:
     seen: list[tuple[str, int, int]] = []
-    generator.generate(lyrics="x", tags="y", duration_s=0.24, seed=1, codec_steps=2,
-                       on_progress=lambda *event: seen.append(event))
+    generator.generate(
+        lyrics="x",
+        tags="y",
+        duration_s=0.24,
+        seed=1,
+        codec_steps=2,
+        on_progress=lambda *event: seen.append(event),
+    )
     lm = [e for e in seen if e[0] == "lm"]
     codec = [e for e in seen if e[0] == "codec"]
     assert [d for _, d, _ in lm] == [0, 1, 2, 3, 4] and {t for *_, t in lm} == {4}
@@ -143,8 +154,15 @@ def test_should_stop_cancels_promptly(generator: MusicGenerator, phase: str) -> 
         return any(p == phase and done >= 2 for p, done, _ in seen)
 
     with pytest.raises(GenerationCancelled):
-        generator.generate(lyrics="x", tags="y", duration_s=2.0, seed=1, codec_steps=10,
-                           on_progress=lambda *event: seen.append(event), should_stop=stop)
+        generator.generate(
+            lyrics="x",
+            tags="y",
+            duration_s=2.0,
+            seed=1,
+            codec_steps=10,
+            on_progress=lambda *event: seen.append(event),
+            should_stop=stop,
+        )
     assert seen[-1][0] == phase and seen[-1][1] == 2  # stopped at the very next check
     if phase == "lm":
         assert all(p == "lm" for p, *_ in seen)

@@ -36,21 +36,57 @@ MUQ_DIM = 512
 
 _FLAVOR_DEFAULTS = {"attn_dropout": 0.0, "norm_eps": 1e-5, "rope_base": 500000, "scale_factor": 32}
 # The backbone keeps the real 8192-position context, so request limits match the 3B model's.
-BACKBONE = {"vocab_size": TEXT_VOCAB, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "embed_dim": 64,
-            "max_seq_len": 8192, "intermediate_dim": 160, **_FLAVOR_DEFAULTS}
-DECODER = {"vocab_size": TEXT_VOCAB, "num_layers": 2, "num_heads": 4, "num_kv_heads": 1, "embed_dim": 48,
-           "max_seq_len": 64, "intermediate_dim": 96, **_FLAVOR_DEFAULTS}
+BACKBONE = {
+    "vocab_size": TEXT_VOCAB,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "embed_dim": 64,
+    "max_seq_len": 8192,
+    "intermediate_dim": 160,
+    **_FLAVOR_DEFAULTS,
+}
+DECODER = {
+    "vocab_size": TEXT_VOCAB,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 1,
+    "embed_dim": 48,
+    "max_seq_len": 64,
+    "intermediate_dim": 96,
+    **_FLAVOR_DEFAULTS,
+}
 
 CODEC = {
-    "architectures": ["HeartCodec"], "model_type": "heartcodec",
-    "dim": 32, "codebook_size": CODEBOOK_SIZE, "codebook_dim": 8, "num_quantizers": CODEBOOKS,
-    "decay": 0.9, "commitment_weight": 1.0, "threshold_ema_dead_code": 2, "use_cosine_sim": False,
-    "attention_head_dim": 8, "num_attention_heads": 2, "num_layers": 2, "num_layers_2": 2,
-    "in_channels": 256 + 256 + 32, "out_channels": 256, "norm_type": "ada_norm_single",
-    "num_bands": 1, "sample_rate": 48000, "causal": True, "num_samples": 2,
-    "downsample_factors": [3, 4, 4, 4, 5], "downsample_kernel_sizes": [6, 8, 8, 8, 10],
-    "upsample_factors": [5, 4, 4, 4, 3], "upsample_kernel_sizes": [10, 8, 8, 8, 6],
-    "latent_hidden_dim": 128, "default_kernel_size": 7, "delay_kernel_size": 5, "init_channel": 2,
+    "architectures": ["HeartCodec"],
+    "model_type": "heartcodec",
+    "dim": 32,
+    "codebook_size": CODEBOOK_SIZE,
+    "codebook_dim": 8,
+    "num_quantizers": CODEBOOKS,
+    "decay": 0.9,
+    "commitment_weight": 1.0,
+    "threshold_ema_dead_code": 2,
+    "use_cosine_sim": False,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "num_layers": 2,
+    "num_layers_2": 2,
+    "in_channels": 256 + 256 + 32,
+    "out_channels": 256,
+    "norm_type": "ada_norm_single",
+    "num_bands": 1,
+    "sample_rate": 48000,
+    "causal": True,
+    "num_samples": 2,
+    "downsample_factors": [3, 4, 4, 4, 5],
+    "downsample_kernel_sizes": [6, 8, 8, 8, 10],
+    "upsample_factors": [5, 4, 4, 4, 3],
+    "upsample_kernel_sizes": [10, 8, 8, 8, 6],
+    "latent_hidden_dim": 128,
+    "default_kernel_size": 7,
+    "delay_kernel_size": 5,
+    "init_channel": 2,
     "res_kernel_size": 7,
 }
 
@@ -111,7 +147,9 @@ def _mlp_width(dim: int) -> int:
     return 256 * math.ceil((8 * dim // 3) / 256)
 
 
-def _weight_norm(w: _Weights, key: str, shape: tuple[int, ...], bias_channels: int, gain: float = 1.0) -> None:
+def _weight_norm(
+    w: _Weights, key: str, shape: tuple[int, ...], bias_channels: int, gain: float = 1.0
+) -> None:
     """A weight-normed conv in the older `weight_g`/`weight_v` form; the filters' norm is `gain`."""
     w.normal(f"{key}.weight_v", shape, 1.0)
     w.const(f"{key}.weight_g", (shape[0], 1, 1), gain)
@@ -214,7 +252,9 @@ def _save_sharded(folder: Path, tensors: dict[str, torch.Tensor], shards: int) -
         save_file({k: tensors[k].contiguous() for k in part}, str(folder / name), metadata={"format": "pt"})
         weight_map.update({k: name for k in part})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    _write_json(folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    _write_json(
+        folder / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
 
 
 def build(dest: Path) -> None:
@@ -226,17 +266,29 @@ def build(dest: Path) -> None:
 
     tokenizer = _tokenizer()
     tokenizer.save(str(dest / "tokenizer.json"))
-    _write_json(dest / "gen_config.json", {
-        "text_bos_id": tokenizer.token_to_id(BOS), "text_eos_id": tokenizer.token_to_id(EOS),
-        "audio_eos_id": CODEBOOK_SIZE + 1, "empty_id": 0,  # as the real 8193 = 8192 + 1
-    })
+    _write_json(
+        dest / "gen_config.json",
+        {
+            "text_bos_id": tokenizer.token_to_id(BOS),
+            "text_eos_id": tokenizer.token_to_id(EOS),
+            "audio_eos_id": CODEBOOK_SIZE + 1,
+            "empty_id": 0,  # as the real 8193 = 8192 + 1
+        },
+    )
 
-    _write_json(lm_dir / "config.json", {
-        "architectures": ["HeartMuLa"], "model_type": "heartmula",
-        "backbone_flavor": BACKBONE, "decoder_flavor": DECODER,
-        "text_vocab_size": TEXT_VOCAB, "audio_vocab_size": AUDIO_VOCAB, "audio_num_codebooks": CODEBOOKS,
-        "muq_dim": MUQ_DIM,
-    })
+    _write_json(
+        lm_dir / "config.json",
+        {
+            "architectures": ["HeartMuLa"],
+            "model_type": "heartmula",
+            "backbone_flavor": BACKBONE,
+            "decoder_flavor": DECODER,
+            "text_vocab_size": TEXT_VOCAB,
+            "audio_vocab_size": AUDIO_VOCAB,
+            "audio_num_codebooks": CODEBOOKS,
+            "muq_dim": MUQ_DIM,
+        },
+    )
     _save_sharded(lm_dir, _lm_weights(), shards=2)
 
     _write_json(codec_dir / "config.json", CODEC)

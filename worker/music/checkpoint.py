@@ -101,7 +101,9 @@ def _weight_map(index: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index} is not a safetensors index with a weight_map; download it again") from exc
+        raise CheckpointError(
+            f"{index} is not a safetensors index with a weight_map; download it again"
+        ) from exc
     return dict(weight_map)
 
 
@@ -173,7 +175,8 @@ def load_into(module: nn.Module, reader: WeightReader, device: torch.device, dty
         problems = [f"  - missing {k}" for k in missing[:20]] + [f"  - shape {w}" for w in wrong[:20]]
         more = len(missing) + len(wrong) - len(problems)
         raise CheckpointError(
-            f"the weights in {reader.folder} do not match its config.json:\n" + "\n".join(problems)
+            f"the weights in {reader.folder} do not match its config.json:\n"
+            + "\n".join(problems)
             + (f"\n  ... and {more} more" if more > 0 else "")
             + "\nCheck that config.json belongs to these weights, or download the folder again."
         )

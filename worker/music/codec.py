@@ -69,7 +69,9 @@ class ResidualVQ(nn.Module):
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(_Quantizer(cfg.codebook_size, cfg.codebook_dim) for _ in range(cfg.num_quantizers))
+        self.layers = nn.ModuleList(
+            _Quantizer(cfg.codebook_size, cfg.codebook_dim) for _ in range(cfg.num_quantizers)
+        )
         self.project_out = nn.Linear(cfg.codebook_dim, cfg.dim)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,7 @@ class ResidualVQ(nn.Module):
         return self.project_out(rows.sum(dim=0))
 
 
-# --- flow-matching estimator (DiT) ---------------------------------------------------------------------------
+# --- flow-matching estimator (DiT) ---------------------------------------------------------------------
 
 
 class ConvProj(nn.Module):
@@ -111,7 +113,9 @@ _TIME_FREQS = 256
 
 def timestep_features(t: torch.Tensor) -> torch.Tensor:
     """Sinusoidal features `[cos, sin]` of `1000·t` (diffusers' get_timestep_embedding, flip_sin_to_cos)."""
-    exponent = -math.log(10000) * torch.arange(_TIME_FREQS, dtype=torch.float32, device=t.device) / _TIME_FREQS
+    exponent = (
+        -math.log(10000) * torch.arange(_TIME_FREQS, dtype=torch.float32, device=t.device) / _TIME_FREQS
+    )
     angles = 1000 * (t[:, None].float() * torch.exp(exponent)[None])
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
@@ -182,7 +186,9 @@ class DiTBlock(nn.Module):
         self.mlp = DiTMLP(dim)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         b, _, d = x.shape
         # Chunk order: shift, scale, gate (attention), then shift, scale, gate (MLP).
         sh1, sc1, g1, sh2, sc2, g2 = (self.scale_shift_table[None] + mod.view(b, 6, d)).chunk(6, dim=1)
@@ -283,7 +289,7 @@ class FlowMatching(nn.Module):
         self.estimator = Estimator(cfg)
 
     def condition(self, codes: torch.Tensor) -> torch.Tensor:
-        """`codes [B, Q, T]` -> `mu [B, 2T, dim]`: embedded codes, each frame repeated for the 25 Hz latents."""
+        """`codes [B, Q, T]` -> `mu [B, 2T, dim]`: embedded codes, each repeated for the 25 Hz latents."""
         return self.cond_feature_emb(self.vq_embed(codes)).repeat_interleave(LATENTS_PER_CODE, dim=1)
 
     def inference_codes(
@@ -488,7 +494,7 @@ class HeartCodec(nn.Module):
         return Detokenized(out[:, :target], latents)
 
     def _decode_window(self, latent: torch.Tensor) -> torch.Tensor:
-        """`[1, N, 256]` latents -> `[2, N·1920]` float32 on the CPU; channel c is latent dims 128c..128c+127."""
+        """`[1, N, 256]` latents -> `[2, N·1920]` float32 on the CPU; channel c is latent dims 128c..+127."""
         n = latent.shape[1]
         half = self.cfg.latent_hidden_dim
         z = latent[0].reshape(n, 2, half).permute(1, 2, 0)

@@ -37,7 +37,9 @@ class TransformerConfig:
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+            raise ConfigError(
+                f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -45,7 +47,7 @@ class TransformerConfig:
 
     @classmethod
     def from_builder_args(cls, args: Mapping[str, Any]) -> TransformerConfig:
-        """Reads torchtune `llama3_2(...)` keyword arguments; vocab_size and attn_dropout do not matter here."""
+        """Reads torchtune `llama3_2(...)` keyword arguments; vocab_size and attn_dropout do not matter."""
         known = {f.name for f in fields(cls)}
         required = {f.name for f in fields(cls) if f.default is MISSING}
         missing = sorted(required - args.keys())
@@ -56,7 +58,9 @@ class TransformerConfig:
         return cls(**{k: v for k, v in args.items() if k in known})
 
 
-def _flavor(layers: int, dim: int, heads: int, kv_heads: int, ffn: int, max_seq_len: int) -> TransformerConfig:
+def _flavor(
+    layers: int, dim: int, heads: int, kv_heads: int, ffn: int, max_seq_len: int
+) -> TransformerConfig:
     return TransformerConfig(layers, dim, heads, kv_heads, ffn, max_seq_len)
 
 
@@ -81,7 +85,8 @@ def resolve_flavor(
         return FLAVORS[value]
     known = sorted(FLAVORS) + sorted(extra or ())
     raise ConfigError(
-        f"unknown flavor {value!r} (known: {', '.join(known)}); give the dimensions explicitly in config.json "
+        f"unknown flavor {value!r} (known: {', '.join(known)}); give the dimensions explicitly in "
+        "config.json "
         "as a dict of llama3_2 builder arguments (num_layers, embed_dim, num_heads, num_kv_heads, "
         "intermediate_dim, max_seq_len)"
     )
@@ -99,7 +104,9 @@ class LMConfig:
     muq_dim: int = 512
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], flavors: Mapping[str, Mapping[str, Any]] | None = None) -> LMConfig:
+    def from_dict(
+        cls, d: Mapping[str, Any], flavors: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> LMConfig:
         for key in ("backbone_flavor", "decoder_flavor"):
             if key not in d:
                 raise ConfigError(f"LM config.json lacks {key!r}")
@@ -113,7 +120,7 @@ class LMConfig:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """HeartCodec-oss/config.json. Only the fields used at decode time; the defaults are the released model's."""
+    """HeartCodec-oss/config.json: the fields used at decode time; the defaults are the released model's."""
 
     dim: int = 512
     codebook_size: int = 8192
@@ -143,7 +150,8 @@ class CodecConfig:
             "out_channels == 256": self.out_channels == 256,
             "latent_hidden_dim == 128": self.latent_hidden_dim == 128,
             "sample_rate == 48000": self.sample_rate == 48000,
-            "prod(upsample_factors) * num_samples == 1920": math.prod(self.upsample_factors) * self.num_samples
+            "prod(upsample_factors) * num_samples == 1920": math.prod(self.upsample_factors)
+            * self.num_samples
             == 1920,
             "in_channels == 2 * out_channels + dim": self.in_channels == 2 * self.out_channels + self.dim,
             "upsample_kernel_sizes == 2 * upsample_factors": tuple(2 * f for f in self.upsample_factors)

@@ -55,8 +55,9 @@ class Fixtures:
         self.meta = read_json(root / "cases.json")
         flavors_file = root / "flavors.json"
         self.flavors = read_json(flavors_file).get("flavors", {}) if flavors_file.is_file() else {}
-        self.layout = validate_layout(root / self.meta.get("checkpoint_dir", "ckpt"),
-                                      self.meta.get("pipeline", {}).get("version"))
+        self.layout = validate_layout(
+            root / self.meta.get("checkpoint_dir", "ckpt"), self.meta.get("pipeline", {}).get("version")
+        )
 
     @functools.cached_property
     def gen(self) -> GenConfig:
@@ -72,7 +73,9 @@ class Fixtures:
 
     @functools.cached_property
     def lm(self) -> HeartMuLa:
-        return load_lm(self.layout.lm_dir, device=torch.device("cpu"), dtype=torch.float32, flavors=self.flavors)
+        return load_lm(
+            self.layout.lm_dir, device=torch.device("cpu"), dtype=torch.float32, flavors=self.flavors
+        )
 
     @functools.cached_property
     def codec(self) -> HeartCodec:
@@ -151,8 +154,13 @@ def run_teacher_forced(fx: Fixtures, inputs: dict[str, Any], ref: dict[str, torc
 
     cfg = float(inputs["cfg_scale"])
     out = fx.lm.generate(
-        prompt, n_steps=n_frames - 1, cfg_scale=cfg, sampler=force, stop_id=fx.gen.audio_eos_id,
-        empty_id=fx.gen.empty_id, trace=recorder,
+        prompt,
+        n_steps=n_frames - 1,
+        cfg_scale=cfg,
+        sampler=force,
+        stop_id=fx.gen.audio_eos_id,
+        empty_id=fx.gen.empty_id,
+        trace=recorder,
     )
     batch = 2 if cfg != 1.0 else 1
     tensors = recorder.stacked(out.calls)
@@ -164,11 +172,18 @@ def run_teacher_forced(fx: Fixtures, inputs: dict[str, Any], ref: dict[str, torc
 def run_generate(fx: Fixtures, inputs: dict[str, Any], _: dict[str, torch.Tensor]) -> Produced:
     prompt = fx.prompts.encode(inputs["tags"], inputs["lyrics"])
     recorder = _Recorder()
-    sampler = TopKSampler(int(inputs["topk"]), float(inputs["temperature"]), recorder.recording(legacy_exponential))
+    sampler = TopKSampler(
+        int(inputs["topk"]), float(inputs["temperature"]), recorder.recording(legacy_exponential)
+    )
     torch.manual_seed(int(inputs["seed"]))
     out = fx.lm.generate(
-        prompt, n_steps=int(inputs["max_audio_length_ms"]) // 80, cfg_scale=float(inputs["cfg_scale"]),
-        sampler=sampler, stop_id=fx.gen.audio_eos_id, empty_id=fx.gen.empty_id, trace=recorder,
+        prompt,
+        n_steps=int(inputs["max_audio_length_ms"]) // 80,
+        cfg_scale=float(inputs["cfg_scale"]),
+        sampler=sampler,
+        stop_id=fx.gen.audio_eos_id,
+        empty_id=fx.gen.empty_id,
+        trace=recorder,
     )
     tensors = recorder.stacked(out.calls)
     tensors["frames"] = out.frames
@@ -213,8 +228,13 @@ def run_euler(fx: Fixtures, inputs: dict[str, Any], ref: dict[str, torch.Tensor]
     t_span = torch.linspace(0, 1, int(inputs["num_steps"]) + 1)
     with torch.inference_mode():
         out = solve_euler(
-            fx.codec.flow_matching.estimator, ref["noise"], ref["incontext_x"], int(inputs["incontext_length"]),
-            t_span, ref["mu"], float(inputs["guidance_scale"]),
+            fx.codec.flow_matching.estimator,
+            ref["noise"],
+            ref["incontext_x"],
+            int(inputs["incontext_length"]),
+            t_span,
+            ref["mu"],
+            float(inputs["guidance_scale"]),
         )
     return Produced(tensors={"out": out})
 
@@ -272,8 +292,10 @@ def compare_tensor(name: str, actual: torch.Tensor, expected: torch.Tensor) -> l
         if diff.numel():
             first = tuple(diff[0].tolist())
             count = diff.shape[0]
-            return [f"{name} differs at {count} of {expected.numel()} positions "
-                    + f"(first at {first}: {actual[first].item()} != {expected[first].item()})"]
+            return [
+                f"{name} differs at {count} of {expected.numel()} positions "
+                + f"(first at {first}: {actual[first].item()} != {expected[first].item()})"
+            ]
         return []
     is_wav = name == "wav" or _WAV_SLICE.fullmatch(name) is not None
     atol = WAV_ATOL if is_wav else ATOL
@@ -283,8 +305,10 @@ def compare_tensor(name: str, actual: torch.Tensor, expected: torch.Tensor) -> l
     problems = []
     if err.numel() and err.max() > atol:
         where = tuple(torch.unravel_index(err.argmax(), err.shape))
-        problems.append(f"{name} max |diff| {err.max().item():.3g} at {tuple(int(i) for i in where)} "
-                        f"(atol {atol:g}, {int((err > atol).sum())} values over)")
+        problems.append(
+            f"{name} max |diff| {err.max().item():.3g} at {tuple(int(i) for i in where)} "
+            f"(atol {atol:g}, {int((err > atol).sum())} values over)"
+        )
     if name == "wav":
         a, e = (actual.double() ** 2).sum(-1), (expected.double() ** 2).sum(-1)
         rel = ((a - e).abs() / e.abs().clamp_min(1e-12)).max().item()
@@ -315,8 +339,9 @@ def run_case(fx: Fixtures, case: dict[str, Any]) -> list[str]:
     for name, spec in case.get("tensors", {}).items():
         if name not in reference:
             return [f"{case['file']} lacks tensor {name}"]
-        if list(reference[name].shape) != list(spec["shape"]):
-            return [f"{case['file']}: {name} has shape {list(reference[name].shape)}, cases.json says {spec['shape']}"]
+        shape = list(reference[name].shape)
+        if shape != list(spec["shape"]):
+            return [f"{case['file']}: {name} has shape {shape}, cases.json says {spec['shape']}"]
     produced = runner(fx, case.get("inputs") or {}, reference)
     problems: list[str] = []
     for name in case.get("tensors", {}):

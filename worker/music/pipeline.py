@@ -67,14 +67,22 @@ class MusicGenerator:
 
     @classmethod
     def from_pretrained(
-        cls, root: str | Path, *, device: str | torch.device = "cpu", version: str | None = None
+        cls,
+        root: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        version: str | None = None,
+        compile_lm: bool = False,
     ) -> MusicGenerator:
-        """Loads the official layout under `root` (LM bf16 + codec fp32 on CUDA, all float32 on the CPU)."""
+        """Loads the official layout under `root` (LM bf16 + codec fp32 on CUDA, all float32 on the CPU).
+        `compile_lm` opts into `HeartMuLa.compile_transformers` (not measured on a GPU yet)."""
         layout = validate_layout(root, version)
         device = torch.device(device)
         lm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         gen = load_gen_config(layout.gen_config)
         lm = load_lm(layout.lm_dir, device=device, dtype=lm_dtype)
+        if compile_lm:
+            lm.compile_transformers()
         codec = load_codec(layout.codec_dir, device=device)
         return cls(lm, codec, PromptEncoder.from_file(layout.tokenizer, gen), gen)
 
@@ -160,7 +168,8 @@ class MusicGenerator:
         vocab = self.lm.cfg.audio_vocab_size
         problems = {
             "duration_s": f"must be > 0 and <= {self.max_duration_s:g}"
-            if not (math.isfinite(duration_s) and 0 < duration_s <= self.max_duration_s) else None,
+            if not (math.isfinite(duration_s) and 0 < duration_s <= self.max_duration_s)
+            else None,
             "temperature": "must be > 0" if not (math.isfinite(temperature) and temperature > 0) else None,
             "topk": f"must be between 1 and {vocab}" if not 1 <= topk <= vocab else None,
             # cfg < 1 would run two independent conditional rows (SPEC §7.10): rejected, as it is meaningless.
