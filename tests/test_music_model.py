@@ -202,3 +202,35 @@ def test_codes_past_the_codebook_end_the_song(generator: MusicGenerator) -> None
     assert generator._decodable(frames).shape == (8, 2)
     frames[0, 0] = size + 1  # even in the first frame, which the reference never checks
     assert generator._decodable(frames).shape == (8, 0)
+
+
+def test_codec_windows_cover_every_code(generator: MusicGenerator) -> None:
+    plan = generator.codec.plan
+    # (T - 104) % 320 == 0: the reference pads nothing and never decodes the last 52 codes (SPEC §4.6).
+    assert plan(424, reference_quirks=True) == 1
+    assert plan(424, reference_quirks=False) == 2
+    for n_codes, windows in [(1, 1), (29, 1), (372, 1), (373, 2), (400, 2), (692, 2), (693, 3)]:
+        assert plan(n_codes, reference_quirks=False) == windows, n_codes
+
+
+def test_both_weight_norm_forms_load_alike(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from worker.music.checkpoint import open_weights
+
+    g, v = torch.rand(4, 1, 1) + 0.5, torch.randn(4, 3, 5)
+    save_file(
+        {
+            "a.parametrizations.weight.original0": g,
+            "a.parametrizations.weight.original1": v,
+            "b.weight_g": g.clone(),
+            "b.weight_v": v.clone(),
+        },
+        str(tmp_path / "model.safetensors"),
+    )
+    with open_weights(tmp_path) as reader:
+        a, b = reader.resolve("a.weight"), reader.resolve("b.weight")
+        assert reader.resolve("c.weight") is None
+    expected = torch._weight_norm(v, g, 0)
+    assert torch.equal(a, b)
+    assert torch.allclose(a, expected, rtol=0, atol=1e-7)
