@@ -5,7 +5,7 @@
     python -m cache status [--json]
     python -m cache seed CATALOG_NAME --from DIR
 
-Every command also takes --profile, --timeout, --lease-s and --models-dir.
+Every command also takes --profile, --timeout, --lease-s and --models-dir, before or after its name.
 
 `ensure` and `seed` print the model's local path and nothing else on stdout; logs go to stderr. Paths come from
 VOLUME_ROOT (see DESIGN.md); the other settings from the worker's environment variables. The exit status is 0 on
@@ -116,27 +116,14 @@ def _print_status(statuses: list[ModelStatus], *, as_json: bool) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    # Every command takes the common options after its name: `python -m cache ensure REPO --timeout 60`.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--models-dir", type=Path, help="use this instead of <volume>/models (to bake an image)"
-    )
-    common.add_argument(
-        "--profile",
-        choices=catalog.PROFILES,
-        help="catalog profile (default: production unless MODEL_PROFILE=tiny)",
-    )
-    common.add_argument(
-        "--timeout", type=float, help="seconds to wait for another worker (CACHE_WAIT_TIMEOUT_S)"
-    )
-    common.add_argument(
-        "--lease-s",
-        type=float,
-        help="lock lease; every worker on the volume must use the same (CACHE_LEASE_S)",
-    )
     parser = argparse.ArgumentParser(
         prog="python -m cache", description="The model cache on the network volume."
     )
+    _add_common_options(parser, default=None)
+    # The same options after the command name as well (`ensure REPO --timeout 60`); there they default to
+    # "not given", so that one given before the command name is kept.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -161,6 +148,33 @@ def _parser() -> argparse.ArgumentParser:
         "--from", dest="source", type=Path, required=True, help="folder holding the model's layout"
     )
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=default,
+        help="use this instead of <volume>/models (to bake an image)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=catalog.PROFILES,
+        default=default,
+        help="catalog profile (default: production unless MODEL_PROFILE=tiny)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default,
+        help="seconds to wait for another worker (CACHE_WAIT_TIMEOUT_S)",
+    )
+    parser.add_argument(
+        "--lease-s",
+        type=float,
+        default=default,
+        help="lock lease; every worker on the volume must use the same (CACHE_LEASE_S)",
+    )
 
 
 def _names() -> str:
