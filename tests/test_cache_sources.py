@@ -130,13 +130,20 @@ def _tiny_build(dest: Path) -> None:
     (dest / "weights.bin").write_bytes(b"\1" * 1000)
 
 
-def test_baked_model_is_used_in_place(tmp_path: Path) -> None:
-    spec = _builtin_spec("baked", _tiny_build, required_files=("config.json",))
-    baked = ModelCache(tmp_path / "image-models", lease_s=LEASE_S).ensure(spec, timeout=10)
-    cache = ModelCache(tmp_path / "volume" / "models", lease_s=LEASE_S, baked_dir=tmp_path / "image-models")
+def test_baked_model_is_used_in_place(hub: FakeHub, tmp_path: Path) -> None:
+    repo = hub.add(make_repo())
+    baked = tmp_path / "image-models"
+    # As the Dockerfile's bake stage runs it: options before the command, a throw-away volume.
+    bake = run_cli("--models-dir", str(baked), "ensure", repo.repo_id, env=cli_env(tmp_path / "build", hub))
+    hub.reset_stats()
+    worker_env = cli_env(tmp_path / "volume", hub, BAKED_MODELS_DIR=str(baked))
+    used = run_cli("ensure", repo.repo_id, env=worker_env)
 
-    assert cache.ensure(spec, timeout=10) == baked
-    assert not (tmp_path / "volume" / "models" / "baked").exists()
+    assert bake.returncode == 0, bake.stderr
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.strip() == bake.stdout.strip() == str(baked / "org--model")
+    assert hub.stats.total_requests == 0
+    assert not (tmp_path / "volume" / "models" / "org--model").exists()
 
 
 def test_failed_build_publishes_nothing_and_a_retry_succeeds(tmp_path: Path) -> None:
