@@ -1,0 +1,281 @@
+"""LoRA training speed and peak memory of the worker's trainer (`worker.training`), per configuration.
+
+CPU, always: the tiny SDXL at 256² (`--tiny-resolution`), batch 1, rank 16, with cached latents and without (the VAE then encodes the
+batch every step). GPU, when CUDA is available: the SDXL-sized UNet (2.6 B parameters, random weights, fp16
+resident as in the worker) at 1024², batch 1, bf16 autocast, gradient checkpointing on and off.
+
+Each configuration runs in a process of its own, so the peak memory it reports is its own: host peak RSS (and
+how far training took it above the loaded pipeline), and on the GPU torch's peak allocation during training.
+
+    python bench/train_steps.py [--steps 20] [--warmup 2] [--threads N] [--tiny-resolution 256] [--skip-gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# stabilityai/stable-diffusion-xl-base-1.0 unet/config.json and vae/config.json (the parts that shape the model)
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+SDXL_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "force_upcast": True,
+}
+
+
+def sdxl_sized_pipeline(device: str) -> Any:
+    """An SDXL pipeline with the real UNet and VAE shapes and random weights, fp16 on the device as the worker
+    keeps it. The text encoders have one layer each but SDXL's widths (768 and 1280, pooled 1280): they run once
+    (captions are cached) and only their output widths reach the UNet."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from cache.tiny.sdxl import write_clip_tokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix="sdxl-sized-"))
+    vocab = write_clip_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text = {
+        "vocab_size": vocab,
+        "num_hidden_layers": 1,
+        "max_position_embeddings": 77,
+        "bos_token_id": vocab - 2,
+    }
+    text.update(eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    with torch.device(device):  # initialise on the device: 2.6 B random parameters are slow to draw on a CPU
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        vae = AutoencoderKL(**SDXL_VAE)
+        encoder = CLIPTextModel(
+            CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, **text)
+        )
+        encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                hidden_size=1280, intermediate_size=5120, num_attention_heads=20, projection_dim=1280, **text
+            )
+        )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=encoder,
+        text_encoder_2=encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    return pipe.to(device, torch.float16)
+
+
+def tiny_pipeline() -> Any:
+    from cache.tiny.sdxl import build
+    from worker.pipelines.image import load_sdxl
+
+    folder = Path(tempfile.mkdtemp(prefix="sdxl-tiny-"))
+    build(folder)
+    return load_sdxl(folder, "cpu")
+
+
+def random_examples(count: int, size: int) -> list[Any]:
+    import numpy as np
+    from PIL import Image
+
+    from worker.training.data import Example
+
+    rng = np.random.default_rng(0)
+    return [
+        Example(
+            f"{i}", Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)), f"ohwx, photo {i}"
+        )
+        for i in range(count)
+    ]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+
+
+def measure(config: dict[str, Any]) -> dict[str, Any]:
+    """Load, cache, warm up, then time `steps` training steps of one configuration."""
+    import torch
+
+    from worker.training.data import TrainingData
+    from worker.training.lora import LoraTrainer, TrainSettings
+
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    gpu = config["model"] == "sdxl"
+    pipe = sdxl_sized_pipeline("cuda") if gpu else tiny_pipeline()
+    loaded_rss = peak_rss_mb()
+    if gpu:
+        torch.cuda.synchronize()
+        loaded_gpu = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    settings = TrainSettings(
+        rank=16,
+        alpha=16.0,
+        steps=config["warmup"] + config["steps"],
+        learning_rate=1e-4,
+        lr_scheduler="constant",
+        warmup_steps=0,
+        batch_size=1,
+        train_text_encoder=False,
+        mixed_precision="bf16" if gpu else "no",
+        gradient_checkpointing=config["gradient_checkpointing"],
+        caption_dropout=0.0,
+        seed=0,
+    )
+    size = config["resolution"]
+    with LoraTrainer(pipe, settings) as trainer:
+        started = time.perf_counter()
+        data = TrainingData(
+            pipe,
+            random_examples(4, size),
+            size,
+            cache_latents=config["cache_latents"],
+            cache_text=True,
+            seed=0,
+        )
+        cache_s = time.perf_counter() - started
+        timings = []
+        for step in range(settings.steps):
+            if gpu:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            trainer.step(data.batch([step % len(data)], [False]))
+            if gpu:
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - started)
+        data.release()
+    timed = timings[config["warmup"] :]
+    result = {
+        **config,
+        "device": torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "cache_s": round(cache_s, 3),
+        "steps_per_s": round(len(timed) / sum(timed), 3),
+        "s_per_step": round(sum(timed) / len(timed), 4),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "training_rss_mb": round(peak_rss_mb() - loaded_rss),
+    }
+    if gpu:
+        result["loaded_gpu_mb"] = round(loaded_gpu)
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return result
+
+
+def run_child(config: dict[str, Any]) -> dict[str, Any]:
+    """One configuration in a fresh interpreter; its last stdout line is the JSON result."""
+    command = [sys.executable, __file__, "--one", json.dumps(config)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ})
+    if done.returncode != 0:
+        return {**config, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    base = {"steps": args.steps, "warmup": args.warmup, "threads": args.threads}
+    configs = [
+        {
+            **base,
+            "model": "tiny",
+            "resolution": args.tiny_resolution,
+            "cache_latents": cached,
+            "gradient_checkpointing": False,
+        }
+        for cached in (True, False)
+    ]
+    if torch.cuda.is_available() and not args.skip_gpu:
+        configs += [
+            {
+                **base,
+                "model": "sdxl",
+                "resolution": 1024,
+                "cache_latents": True,
+                "gradient_checkpointing": ckpt,
+            }
+            for ckpt in (True, False)
+        ]
+    else:
+        print("no CUDA device: the SDXL-sized GPU figures are skipped", file=sys.stderr)
+    return configs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--tiny-resolution", type=int, default=256, help="training size of the tiny CPU runs")
+    parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))))
+        return
+    header = (
+        f"{'model':<6} {'res':>5} {'latents':<8} {'ckpt':<5} {'steps/s':>8} {'s/step':>8} {'cache s':>8} "
+    )
+    header += f"{'peak RSS MB':>12} {'train RSS MB':>13} {'peak GPU MB':>12}  device"
+    print(header)
+    for config in configurations(args):
+        result = run_child(config)
+        if "error" in result:
+            print(f"{config['model']:<6} {config['resolution']:>5} failed: {result['error']}")
+            continue
+        print(
+            f"{result['model']:<6} {result['resolution']:>5} {'cached' if result['cache_latents'] else 'per step':<8} "
+            f"{'on' if result['gradient_checkpointing'] else 'off':<5} {result['steps_per_s']:>8} "
+            f"{result['s_per_step']:>8} {result['cache_s']:>8} {result['peak_rss_mb']:>12} "
+            f"{result['training_rss_mb']:>13} {result.get('peak_gpu_mb', '-'):>12}  {result['device']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
