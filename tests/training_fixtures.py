@@ -49,16 +49,24 @@ TRAINING = {
 }
 
 
-@pytest.fixture(scope="module", name="one_thread")
-def one_thread_fixture() -> Iterator[None]:
+@contextmanager
+def single_thread() -> Iterator[None]:
     """One torch thread: on this 2-core machine, shared with other test runs, two OpenMP threads spin against
     each other and a tiny step takes seconds instead of a tenth."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", name="one_thread")
+def one_thread_fixture() -> Iterator[None]:
+    with single_thread():
+        yield
 
 
 @dataclass
@@ -136,7 +144,8 @@ def tiny_ip_adapter_dir_fixture(tmp_path_factory: pytest.TempPathFactory) -> Pat
         from cache.tiny.ip_adapter import build
 
         dest = tmp_path_factory.mktemp("ip-adapter-tiny")
-        build(dest)
+        with single_thread():
+            build(dest)
         _MEMO["ip_adapter"] = dest
     return _MEMO["ip_adapter"]
 
@@ -146,7 +155,10 @@ def lab_fixture(
     tmp_path_factory: pytest.TempPathFactory, tiny_sdxl_dir: Path, tiny_ip_adapter_dir: Path
 ) -> Lab:
     if "lab" not in _MEMO:
-        _MEMO["lab"] = build_lab(tmp_path_factory.mktemp("lora-volume"), tiny_sdxl_dir, tiny_ip_adapter_dir)
+        with single_thread():
+            _MEMO["lab"] = build_lab(
+                tmp_path_factory.mktemp("lora-volume"), tiny_sdxl_dir, tiny_ip_adapter_dir
+            )
     return _MEMO["lab"]
 
 
@@ -163,14 +175,12 @@ class Chain:
 @pytest.fixture(scope="session", name="chain")
 def chain_fixture(lab: Lab) -> Chain:
     if "chain" not in _MEMO:
-        import torch
-
-        torch.set_num_threads(1)  # as `one_thread`: this runs inside whichever module asks first
-        dataset = lab.run("chain-dataset", {**DATASET, "seed": 5})
-        assert "error" not in dataset, dataset
-        base, base_image = snapshot(lab.pipe), render(lab)
-        training = lab.run("chain-training", {**TRAINING, "dataset_job_id": "chain-dataset"})
-        assert "error" not in training, training
+        with single_thread():  # session fixtures are set up before the module's `one_thread`
+            dataset = lab.run("chain-dataset", {**DATASET, "seed": 5})
+            assert "error" not in dataset, dataset
+            base, base_image = snapshot(lab.pipe), render(lab)
+            training = lab.run("chain-training", {**TRAINING, "dataset_job_id": "chain-dataset"})
+            assert "error" not in training, training
         _MEMO["chain"] = Chain(dataset, training, base, base_image)
     return _MEMO["chain"]
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from worker.inputs import InputLimits, VolumeFiles, load_image
 from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput
-from worker.pipelines.image import ImagePipeline, encode_image
+from worker.pipelines.image import encode_image
 from worker.schemas import DatasetJob, OutputFile
 
 IP_ADAPTER_MODEL = "ip-adapter-sdxl"
@@ -91,18 +91,17 @@ class DatasetPipeline:
     model_names: ClassVar[tuple[str, ...]] = ("sdxl-base", IP_ADAPTER_MODEL)
 
     def __init__(self) -> None:
-        self.image: ImagePipeline | None = None
-        self.env: LoadEnv | None = None
+        self.image: Any = None
+        self.ip_adapter_dir = Path()
 
     def load(self, env: LoadEnv) -> None:
-        # the IP-Adapter is fetched on the first job with a reference image: most datasets do without it
-        self.env = env
-        self.image = env.pipeline("image")  # type: ignore[assignment]
+        # the IP-Adapter's files are fetched now (warm-up), but loaded only for jobs with a reference image
+        self.image = env.pipeline("image")
+        self.ip_adapter_dir = env.models(IP_ADAPTER_MODEL)
         self.limits = InputLimits.from_settings(env.settings)
         self.volume = VolumeFiles.from_settings(env.settings, env.store.root)
 
     def run(self, job: DatasetJob, ctx: JobContext) -> PipelineOutput:
-        assert self.image is not None and self.env is not None
         seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
         reference = None
         if job.reference_image is not None:
@@ -112,7 +111,7 @@ class DatasetPipeline:
         if reference is None:
             entries, outputs = self._draw(job, ctx, seed, templates, None)
         else:
-            with ip_adapter(self.image.sdxl, self.env.models(IP_ADAPTER_MODEL), job.reference_strength):
+            with ip_adapter(self.image.sdxl, self.ip_adapter_dir, job.reference_strength):
                 entries, outputs = self._draw(job, ctx, seed, templates, reference)
         draw_s = time.perf_counter() - started
         index = {
@@ -153,7 +152,6 @@ class DatasetPipeline:
     def _draw(
         self, job: DatasetJob, ctx: JobContext, seed: int, templates: list[str], reference: Any
     ) -> tuple[list[dict[str, Any]], list[OutputFile]]:
-        assert self.image is not None
         self.image.use_scheduler(job.scheduler)
         total = job.num_images * job.steps
         extra = {"ip_adapter_image": reference} if reference is not None else {}
