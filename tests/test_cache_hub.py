@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,19 @@ def test_a_new_pin_replaces_the_published_revision(hub: FakeHub, tmp_path: Path)
     assert file_digests(published) == repo_digests(new)
     assert json.loads((published / ".complete.json").read_text())["parts"][0]["revision"] == new.commit
     assert staging_leftovers(published.parent) == []
+
+
+def test_fake_hub_serves_ranges_and_counts_bytes(hub: FakeHub) -> None:
+    repo = hub.add(make_repo())
+    shard = "model-00001-of-00003.safetensors"
+    request = urllib.request.Request(f"http://localhost:{hub.port}/cdn/{repo.sha256(shard)}")
+    request.add_header("Range", "bytes=100-")
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 206
+        assert (
+            response.headers["Content-Range"]
+            == f"bytes 100-{len(repo.files[shard]) - 1}/{len(repo.files[shard])}"
+        )
+        assert response.read() == repo.files[shard][100:]
+    assert hub.stats.file_bytes == len(repo.files[shard]) - 100
+    assert hub.stats.requests["cdn"] == 1
