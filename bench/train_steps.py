@@ -129,7 +129,7 @@ def random_examples(count: int, size: int) -> list[Any]:
 
     rng = np.random.default_rng(0)
     return [
-        Example(
+        Example.of(
             f"{i}", Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)), f"ohwx, photo {i}"
         )
         for i in range(count)

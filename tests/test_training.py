@@ -214,6 +214,17 @@ def test_cancel_saves_the_last_checkpoint_and_says_so(chain: Chain, lab: Lab) ->
     assert "error" not in image, image
 
 
+def test_cancel_before_the_first_step_keeps_nothing(chain: Chain, lab: Lab) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    result = lab.run(
+        "train-cancel-early", {**TRAINING, "dataset_job_id": "chain-dataset"}, cancel_event=cancel
+    )
+    assert result == {"error": "cancelled"}
+    assert not (lab.store.root / "train-cancel-early").exists()
+    assert_same_state(chain.base, snapshot(lab.pipe))
+
+
 def test_text_encoder_training_from_inline_images(chain: Chain, lab: Lab) -> None:
     images = [
         {"image": png_base64(color=(200, 30, 30)), "caption": "a red square"},
@@ -325,6 +336,9 @@ def test_bad_images_and_datasets_are_field_errors(chain: Chain, lab: Lab) -> Non
     (lab.root / "datasets" / "uncaptioned").mkdir(parents=True)
     Image.new("RGB", (64, 64)).save(lab.root / "datasets" / "uncaptioned" / "0002.png")
     (lab.root / "datasets" / "empty").mkdir()
+    (lab.root / "datasets" / "damaged").mkdir()
+    (lab.root / "datasets" / "damaged" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (lab.root / "datasets" / "damaged" / "0001.txt").write_text("a caption")
     good = {"image": png_base64(), "caption": "fine"}
     cases = [
         (
@@ -339,6 +353,7 @@ def test_bad_images_and_datasets_are_field_errors(chain: Chain, lab: Lab) -> Non
         ({"dataset_path": "../../etc"}, "dataset_path: '../../etc' is outside the volume"),
         ({"dataset_path": "datasets/empty"}, "dataset_path: no images"),
         ({"dataset_path": "datasets/uncaptioned"}, "dataset_path: 0002.png has no caption (0002.txt)"),
+        ({"dataset_path": "datasets/damaged"}, "dataset_path: 0001.png: not a readable PNG"),
         ({"dataset_job_id": "never-ran"}, "dataset_job_id: no finished job 'never-ran'"),
         ({"dataset_job_id": "chain-training"}, "dataset_job_id: job 'chain-training' is a training job"),
     ]

@@ -54,6 +54,11 @@ class TrainingPipeline:
         pipe = self.image.sdxl
         base_model = "sdxl-tiny" if self.env.profile == "tiny" else BASE_MODEL
         run = _Run(job, ctx, settings, [example.caption for example in examples], self.image, base_model)
+
+        def caching(done: int, total: int) -> None:
+            ctx.check_cancelled()  # nothing trained yet: a cancel here leaves no output, as for any job
+            ctx.progress(done, total, phase="cache")
+
         started = time.perf_counter()
         with LoraTrainer(pipe, settings) as trainer:
             data = TrainingData(
@@ -63,8 +68,8 @@ class TrainingPipeline:
                 cache_latents=job.cache_latents,
                 cache_text=not job.train_text_encoder,
                 seed=seed,
+                on_progress=caching,
             )
-            del examples
             cache_s = time.perf_counter() - started
             try:
                 run.train(trainer, data)
@@ -146,7 +151,7 @@ class _Run:
                 self.steps_done = step
                 self.losses.append(loss)
                 self.rates.append(trainer.learning_rate)
-                self.ctx.progress(step, job.steps, loss=round(loss, 6), lr=self.rates[-1])
+                self.ctx.progress(step, job.steps, phase="train", loss=round(loss, 6), lr=self.rates[-1])
                 if job.checkpoint_every and step % job.checkpoint_every == 0 and step < job.steps:
                     self.save_checkpoint(trainer)
                 if job.sample_every and (step % job.sample_every == 0 or step == job.steps):

@@ -1,14 +1,17 @@
 """Training examples: found (a dataset job, a volume folder or inline images), cropped, and cached once.
 
 A dataset folder is the layout kohya-ss/sd-scripts and ai-toolkit read: `<name>.<png|jpg|jpeg|webp|bmp>` beside
-`<name>.txt` holding the caption. The cache keeps what does not change between steps on the device: the VAE
-latents (unless `cache_latents` is off, when the cropped pixels are kept and encoded each step) and, when the text
+`<name>.txt` holding the caption. Folder images are decoded one at a time while caching, so a large dataset never
+sits decoded in memory. The cache keeps what does not change between steps on the device: the VAE latents
+(unless `cache_latents` is off, when the cropped 8-bit pixels are kept and encoded each step) and, when the text
 encoders are frozen, the caption embeddings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +29,16 @@ DATASET_FOLDER = "dataset"
 
 @dataclass
 class Example:
-    """One training image with its caption; `source` names it in error messages and logs."""
+    """One training image and its caption; `load` decodes the image (raising a field error when it cannot)."""
 
     source: str
-    image: Image
+    load: Callable[[], Image]
     caption: str
+
+    @classmethod
+    def of(cls, source: str, image: Image, caption: str) -> Example:
+        """An example whose image is already decoded."""
+        return cls(source, lambda: image, caption)
 
 
 def with_trigger(caption: str, trigger_word: str | None) -> str:
@@ -56,9 +64,16 @@ def examples_from_folder(
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
         if not caption and not trigger_word:
             raise JobInputError(f"{where} has no caption ({caption_file.name}); add one or give trigger_word")
-        image = decode_image(read_file(path, where, limits), where, limits)
-        examples.append(Example(path.name, image, with_trigger(caption, trigger_word)))
+        examples.append(
+            Example(
+                path.name, partial(_decode_file, path, where, limits), with_trigger(caption, trigger_word)
+            )
+        )
     return examples
+
+
+def _decode_file(path: Path, field: str, limits: InputLimits) -> Image:
+    return decode_image(read_file(path, field, limits), field, limits)
 
 
 def load_examples(
@@ -75,7 +90,7 @@ def load_examples(
     items = job.images or []
     limits.check_count(len(items), "images")
     return [
-        Example(
+        Example.of(
             f"images.{index}",
             load_image(item.image, f"images.{index}.image", limits, volume),
             with_trigger(item.caption, job.trigger_word),
@@ -102,9 +117,9 @@ def dataset_job_folder(job_id: str, store: JobStore) -> Path:
 
 @dataclass(frozen=True)
 class Cropped:
-    """An image resized so its short side is the training size, centre-cropped to a square, in [-1, 1]."""
+    """An image resized so its short side is the training size, centre-cropped to a square."""
 
-    pixels: Any  # [3, size, size] float32
+    pixels: Any  # [3, size, size] uint8: a quarter of the float copy, for the no-latent-cache mode
     original_size: tuple[int, int]  # (height, width) before resizing: SDXL conditions on it
     crop_top_left: tuple[int, int]
 
@@ -122,7 +137,7 @@ def crop(image: Image, size: int) -> Cropped:
     top = (resized.height - size) // 2
     left = (resized.width - size) // 2
     square = resized.crop((left, top, left + size, top + size))
-    array = np.asarray(square, dtype=np.float32) / 127.5 - 1.0
+    array = np.array(square, dtype=np.uint8)
     return Cropped(torch.from_numpy(array).permute(2, 0, 1).contiguous(), (height, width), (top, left))
 
 
@@ -138,7 +153,9 @@ class TrainingData:
         cache_latents: bool,
         cache_text: bool,
         seed: int,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        """`on_progress(done, total)` runs after each image is prepared; it may raise to stop (a cancel)."""
         import torch
 
         self.pipe = pipe
@@ -146,16 +163,19 @@ class TrainingData:
         self.captions = [example.caption for example in examples]
         self.cache_text = cache_text
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
-        cropped = [crop(example.image, resolution) for example in examples]
-        self.time_ids = torch.tensor(
-            [[*c.original_size, *c.crop_top_left, resolution, resolution] for c in cropped],
-            dtype=torch.float32,
-        )
-        self.pixels: list[Any] | None = [c.pixels for c in cropped]
-        self.latents: list[Any] | None = None
-        if cache_latents:
-            self.latents = [self.encode_pixels([pixels])[0] for pixels in self.pixels]
-            self.pixels = None  # the cache replaces them; keeping both would double the host memory
+        time_ids = []
+        self.pixels: list[Any] | None = None if cache_latents else []
+        self.latents: list[Any] | None = [] if cache_latents else None
+        for done, example in enumerate(examples, start=1):
+            cropped = crop(example.load(), resolution)
+            time_ids.append([*cropped.original_size, *cropped.crop_top_left, resolution, resolution])
+            if self.latents is not None:
+                self.latents.append(self.encode_pixels([cropped.pixels])[0])
+            else:
+                self.pixels.append(cropped.pixels)
+            if on_progress is not None:
+                on_progress(done, len(examples))
+        self.time_ids = torch.tensor(time_ids, dtype=torch.float32)
         self._text: dict[str, tuple[Any, Any]] = {}
         if cache_text:
             for caption in dict.fromkeys([*self.captions, ""]):
@@ -175,7 +195,7 @@ class TrainingData:
         try:
             if upcast:
                 vae.to(torch.float32)
-            batch = torch.stack(pixels).to(self.device, vae.dtype)
+            batch = (torch.stack(pixels).to(self.device, torch.float32) / 127.5 - 1.0).to(vae.dtype)
             with torch.no_grad():
                 posterior = vae.encode(batch).latent_dist
             noise = torch.randn(posterior.mean.shape, generator=self._generator).to(
