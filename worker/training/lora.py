@@ -67,7 +67,8 @@ class ResidentGuard:
                 self.pipe.unet.enable_gradient_checkpointing()
             else:
                 self.pipe.unet.disable_gradient_checkpointing()
-        self.pipe.vae.to(self._vae_dtype)
+        if self.pipe.vae.dtype != self._vae_dtype:
+            self.pipe.vae.to(self._vae_dtype)
 
 
 class LoraTrainer:
