@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, PipelineOutput
 from worker.schemas import JobInputError, MusicJob
 
-FRAME_RATE_HZ = 12.5  # HeartMuLa emits one frame of 8 codes per 80 ms
 _SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "mp3": "MPEG_LAYER_III"}
 
 
@@ -37,9 +36,8 @@ class MusicPipeline:
     def run(self, job: MusicJob, ctx: JobContext) -> PipelineOutput:
         from worker.music.pipeline import GenerationCancelled
 
-        max_duration_s = self.generator.max_frames / FRAME_RATE_HZ
-        if job.duration_s > max_duration_s:
-            raise JobInputError(f"duration_s: at most {max_duration_s:.0f} s for this model's context")
+        if job.duration_s > self.generator.max_duration_s:
+            raise JobInputError(f"duration_s: at most {self.generator.max_duration_s:g} s for this model's context")
         seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
 
         def on_progress(phase: str, done: int, total: int) -> None:
@@ -60,6 +58,8 @@ class MusicPipeline:
             )
         except GenerationCancelled as cancelled:
             raise JobCancelled(str(cancelled)) from cancelled
+        except ValueError as invalid:  # the generator names the field: "<field>: <problem>"
+            raise JobInputError(str(invalid)) from invalid
         ctx.check_cancelled()
         sample_rate = self.generator.sample_rate
         channels, samples = result.waveform.shape
