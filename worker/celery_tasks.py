@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,16 +24,17 @@ from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.client import ClientError, EndpointClient, TransientError
+from worker.config import ClientSettings
 from worker.endpoints import microservice_endpoints
 
 log = logging.getLogger(__name__)
 
-_BROKER = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
+SETTINGS = ClientSettings.from_env()
 # set_as_current=False: importing this module inside Morpheus must not replace Morpheus's own Celery app
 app = Celery(
     "gpu_worker",
-    broker=_BROKER,
-    backend=os.environ.get("CELERY_RESULT_BACKEND", _BROKER),
+    broker=SETTINGS.celery_broker_url,
+    backend=SETTINGS.celery_result_backend,
     set_as_current=False,
 )
 app.conf.update(
@@ -61,7 +61,7 @@ def client_for(job_type: str) -> EndpointClient:
     """The endpoint client of `job_type`, built once per process from the environment."""
     global _clients
     if _clients is None:
-        _clients = microservice_endpoints()
+        _clients = microservice_endpoints(SETTINGS)
     if job_type not in _clients:
         raise ClientError(
             f"no endpoint for {job_type!r} jobs: set RUNPOD_ENDPOINT_ID or RUNPOD_ENDPOINT_ID_{job_type.upper()}"
@@ -107,7 +107,7 @@ def run_job(
     if "workflow_name" not in job and job.setdefault("type", job_type) != job_type:
         raise ClientError(f"type: this task runs {job_type!r} jobs, the input says {job['type']!r}")
     client = client_for(job_type)
-    dest = Path(dest_dir or os.environ.get("FETCH_DIR") or "fetched")
+    dest = Path(dest_dir) if dest_dir else SETTINGS.fetch_dir
     job_id = runpod_job_id
     try:
         if job_id is None:
@@ -119,7 +119,7 @@ def run_job(
     except TransientError as error:
         if task.request.retries >= MAX_RETRIES:
             raise
-        countdown = min(float(os.environ.get("TASK_RETRY_DELAY_S") or 5.0) * 2**task.request.retries, 300.0)
+        countdown = min(SETTINGS.task_retry_delay_s * 2**task.request.retries, 300.0)
         log.warning("%s; retry %d in %.1fs", error, task.request.retries + 1, countdown)
         kwargs = {**task.request.kwargs, "runpod_job_id": job_id}
         raise task.retry(args=task.request.args, kwargs=kwargs, exc=error, countdown=countdown) from error
