@@ -78,7 +78,9 @@ def test_outputs_arrive_and_their_urls_download(
 
 def test_a_jobs_s3config_wins_and_the_bucket_can_ride_in_the_endpoint_path(s3_url: str) -> None:
     job = {"s3Config": {"accessId": "a", "accessSecret": "b", "bucketName": "mine", "endpointUrl": s3_url}}
-    bucket = bucket_for(job, Settings(bucket_endpoint_url="http://elsewhere", bucket_name="x", **KEYS))
+    bucket = bucket_for(
+        job, Settings(bucket_endpoint_url="http://elsewhere", bucket_name="x", allow_private_urls=True, **KEYS)
+    )
     assert bucket is not None and (bucket.name, bucket.endpoint_url) == ("mine", s3_url)
 
     from_path = bucket_for({}, Settings(bucket_endpoint_url=f"{s3_url}/in-path", **KEYS))
@@ -128,9 +130,27 @@ def s3_config(endpoint: str, bucket: str = "job-bucket") -> dict[str, str]:
     return {"accessId": "testing", "accessSecret": "testing", "bucketName": bucket, "endpointUrl": endpoint}
 
 
-def test_the_worker_uploads_when_the_job_carries_s3config(s3_url: str, image_worker: Any) -> None:
+@pytest.fixture(scope="module")
+def private_urls_worker(session_volume: Path) -> Any:
+    """The fake S3 server is on loopback: only a worker that allows private URLs may upload there."""
+    from worker.worker import Worker
+
+    settings = Settings(volume_root=session_volume, model_profile="tiny", worker_jobs=("image",),
+                        allow_private_urls=True)
+    return Worker(settings).start()
+
+
+def test_an_s3config_on_a_private_host_is_refused_by_default(s3_url: str, image_worker: Any) -> None:
+    result = image_worker.handle_sync({"id": "up-private", "input": SMALL_IMAGE, "s3Config": s3_config(s3_url)})
+    assert result["error"].startswith("s3Config.endpointUrl: host '127.0.0.1' resolves to a private")
+    assert not (image_worker.store.root / "up-private").exists()
+    with pytest.raises(JobInputError, match="s3Config.endpointUrl: expected an http"):
+        bucket_for({"s3Config": s3_config("file:///etc")}, Settings(allow_private_urls=True))
+
+
+def test_the_worker_uploads_when_the_job_carries_s3config(s3_url: str, private_urls_worker: Any) -> None:
     s3(s3_url).create_bucket(Bucket="job-bucket")
-    result = image_worker.handle_sync({"id": "up-ok", "input": SMALL_IMAGE, "s3Config": s3_config(s3_url)})
+    result = private_urls_worker.handle_sync({"id": "up-ok", "input": SMALL_IMAGE, "s3Config": s3_config(s3_url)})
     assert "error" not in result, result
     [output] = result["outputs"]
     assert requests.get(output["url"], timeout=10).content == Path(output["path"]).read_bytes()
@@ -139,12 +159,12 @@ def test_the_worker_uploads_when_the_job_carries_s3config(s3_url: str, image_wor
     )  # URLs expire; the file stays
 
 
-def test_a_failed_upload_is_an_error_that_keeps_the_outputs(image_worker: Any) -> None:
-    result = image_worker.handle_sync(
+def test_a_failed_upload_is_an_error_that_keeps_the_outputs(private_urls_worker: Any) -> None:
+    result = private_urls_worker.handle_sync(
         {"id": "up-fail", "input": SMALL_IMAGE, "s3Config": s3_config("http://127.0.0.1:9", "nowhere")}
     )
     assert result["error"].startswith("upload: up-fail/image_00.png to bucket 'nowhere'")
-    folder = image_worker.store.root / "up-fail"
+    folder = private_urls_worker.store.root / "up-fail"
     assert (folder / "image_00.png").is_file() and (folder / "result.json").is_file()
 
 

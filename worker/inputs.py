@@ -132,6 +132,15 @@ def _vetted_address(host: str, port: int, field: str, limits: InputLimits) -> st
     return addresses[0]
 
 
+def check_public_endpoint(url: str, field: str, allow_private: bool) -> None:
+    """Refuse an http(s) endpoint a job names (e.g. an upload target) on a private host, unless allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JobInputError(f"{field}: expected an http:// or https:// URL, got {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    _vetted_address(parts.hostname, port, field, InputLimits(allow_private_urls=allow_private))
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from worker.config import ConfigError, Settings
+from worker.inputs import check_public_endpoint
 from worker.schemas import JobInputError
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def bucket_for(job: dict[str, Any], settings: Settings) -> Bucket | None:
     if s3_config is not None:
         if not isinstance(s3_config, dict) or any(not s3_config.get(key) for key in _S3_CONFIG_KEYS):
             raise JobInputError(f"s3Config: give {', '.join(_S3_CONFIG_KEYS)}")
+        # a job must not point the worker's uploads at hosts inside its network
+        check_public_endpoint(str(s3_config["endpointUrl"]), "s3Config.endpointUrl", settings.allow_private_urls)
         return Bucket(
             str(s3_config["endpointUrl"]),
             str(s3_config["accessId"]),
