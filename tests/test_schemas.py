@@ -90,3 +90,19 @@ def test_disabled_type_is_refused_with_what_is_served() -> None:
 def test_lyrics_with_sections_are_text_even_with_slashes() -> None:
     job = parse_job({"type": "music", "lyrics": "[Verse] and/or /night.txt", "tags": "rock"})
     assert job.lyrics == "[Verse] and/or /night.txt"
+
+
+def test_readme_documents_every_job_field() -> None:
+    """The README's per-type tables name every field of the job's schema."""
+    import re
+    from pathlib import Path
+
+    from worker.schemas import JOB_MODELS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for job_type, model in JOB_MODELS.items():
+        section = re.search(rf"^### `{job_type}`\n(.*?)(?=^#)", readme, re.M | re.S)
+        assert section, f"README has no '### `{job_type}`' section"
+        documented = set(re.findall(r"`([a-z_0-9]+)`", section.group(1)))
+        missing = set(model.model_fields) - {"type"} - documented
+        assert not missing, f"README's {job_type} table misses {sorted(missing)}"
