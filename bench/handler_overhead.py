@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.config import Settings  # noqa: E402
-from worker.pipelines.base import JobContext, Progress  # noqa: E402
-from worker.schemas import parse_job  # noqa: E402
-from worker.worker import Worker  # noqa: E402
+from worker.config import Settings
+from worker.pipelines.base import JobContext, Progress
+from worker.schemas import parse_job
+from worker.worker import Worker
 
 
 def timed(fn, runs: int) -> list[float]:

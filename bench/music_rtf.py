@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.tiny import heartmula as tiny  # noqa: E402
-from worker.music.codec import HeartCodec, onednn_disabled  # noqa: E402
-from worker.music.config import FLAVORS, CodecConfig, LMConfig, TransformerConfig  # noqa: E402
-from worker.music.lm import HeartMuLa  # noqa: E402
-from worker.music.sampler import TopKSampler, generator_exponential  # noqa: E402
-from worker.music.tokenizer import TEXT_SLOT, Prompt  # noqa: E402
+from cache.tiny import heartmula as tiny
+from worker.music.codec import HeartCodec, onednn_disabled
+from worker.music.config import FLAVORS, CodecConfig, LMConfig, TransformerConfig
+from worker.music.lm import HeartMuLa
+from worker.music.sampler import TopKSampler, generator_exponential
+from worker.music.tokenizer import TEXT_SLOT, Prompt
 
 FRAME_RATE_HZ = 12.5
 PROMPT_TOKENS = 300  # tags + lyrics of a typical song

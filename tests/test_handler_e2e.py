@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -32,7 +32,7 @@ def worker_env(volume: Path | None, **extra: str) -> dict[str, str]:
 
 def run_handler(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, HANDLER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, HANDLER, *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
 
 

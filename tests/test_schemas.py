@@ -101,7 +101,7 @@ def test_readme_documents_every_job_field() -> None:
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for job_type, model in JOB_MODELS.items():
-        section = re.search(rf"^### `{job_type}`\n(.*?)(?=^#)", readme, re.M | re.S)
+        section = re.search(rf"^### `{job_type}`\n(.*?)(?=^#)", readme, re.MULTILINE | re.DOTALL)
         assert section, f"README has no '### `{job_type}`' section"
         documented = set(re.findall(r"`([a-z_0-9]+)`", section.group(1)))
         missing = set(model.model_fields) - {"type"} - documented

@@ -6,9 +6,10 @@ The README's configuration table documents each variable; a test keeps the two i
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 JOB_TYPES: tuple[str, ...] = ("music", "image", "dataset", "training")
 
@@ -108,7 +109,7 @@ class Settings:
     runpod_serverless: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
             volume_root=_path(env, "VOLUME_ROOT"),
@@ -164,7 +165,7 @@ class ClientSettings:
     task_retry_delay_s: float = 5.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ClientSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
         """`RUNPOD_ENDPOINT_ID` / `RUNPOD_ENDPOINT_URL` serve every job type; a `_<TYPE>` suffix (IMAGE, DATASET,
         TRAINING, MUSIC) overrides one type. Keys are job types, "" for the default."""
         env = os.environ if env is None else env

@@ -7,7 +7,7 @@ names the field (`"width: must be a multiple of 8"`).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -53,7 +53,7 @@ class LoraRef(_Input):
     scale: float = Field(default=1.0, ge=-4.0, le=4.0)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "LoraRef":
+    def _one_source(self) -> LoraRef:
         if (self.path is None) == (self.job_id is None):
             raise ValueError("give exactly one of path or job_id")
         return self
@@ -220,7 +220,7 @@ class TrainingJob(_Input):
         return value
 
     @model_validator(mode="after")
-    def _one_dataset(self) -> "TrainingJob":
+    def _one_dataset(self) -> TrainingJob:
         given = [name for name in ("dataset_job_id", "dataset_path", "images") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of dataset_job_id, dataset_path or images (got {given or 'none'})")
@@ -235,8 +235,6 @@ class TrainingJob(_Input):
         return value
 
 
-JobInput = Union[ImageJob, MusicJob, DatasetJob, TrainingJob]
-
 JOB_MODELS: dict[str, type[_Input]] = {
     "image": ImageJob,
     "music": MusicJob,
@@ -244,10 +242,6 @@ JOB_MODELS: dict[str, type[_Input]] = {
     "training": TrainingJob,
 }
 
-
-def register_job_model(job_type: str, model: type[_Input]) -> None:
-    """Make `parse_job` accept another job type."""
-    JOB_MODELS[job_type] = model
 
 
 def format_validation_error(error: ValidationError) -> str:

@@ -8,8 +8,9 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cache.volume import Volume, resolve_volume
 from worker import morpheus, uploads
@@ -55,7 +56,7 @@ class Worker:
         self._load_lock = threading.RLock()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         """Pick the device and model profile; with WARM_ON_START, fetch and load every enabled job's models now."""
         import torch
 
@@ -162,7 +163,7 @@ class Worker:
                 folder.discard()
             log.info("job %s: cancelled; partial outputs removed", job_id)
             return {"error": "cancelled: the job was cancelled before it finished; no outputs were kept"}
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure becomes the job's error; the worker keeps serving
             if folder is not None:
                 folder.discard()
             if _is_out_of_memory(error):

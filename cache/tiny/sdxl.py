@@ -61,7 +61,12 @@ def write_clip_tokenizer(dest: Path) -> int:
 def build(dest: Path) -> None:
     """Write the tiny pipeline in diffusers' folder layout (safetensors) into `dest`."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     dest = Path(dest)
@@ -69,19 +74,19 @@ def build(dest: Path) -> None:
     vocab_size = write_clip_tokenizer(dest / "tokenizer")
     write_clip_tokenizer(dest / "tokenizer_2")
     eos_id = vocab_size - 1
-    text_config = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        projection_dim=32,
-        hidden_act="gelu",
-        bos_token_id=vocab_size - 2,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-    )
+    text_config = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 77,
+        "projection_dim": 32,
+        "hidden_act": "gelu",
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+    }
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
     unet = UNet2DConditionModel(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from worker.schemas import OutputFile
 from worker.store import JobFolder, JobStore
@@ -72,12 +73,12 @@ class ModelResolver(Protocol):
 class LoadEnv:
     """What `Pipeline.load` may use: settings, the model resolver, the device, and the other pipelines."""
 
-    settings: "Settings"
+    settings: Settings
     models: ModelResolver
     device: str
     profile: str
     store: JobStore
-    pipeline: Callable[[str], "Pipeline"]
+    pipeline: Callable[[str], Pipeline]
 
 
 class Pipeline(Protocol):
