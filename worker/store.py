@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from worker.schemas import OutputFile
+from worker.schemas import JobInputError, OutputFile
 
 RESULT_FILE = "result.json"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -156,3 +156,15 @@ class JobStore:
             return json.loads(path.read_text())
         except FileNotFoundError:
             return None
+
+    def finished_result(self, job_id: str, job_type: str, field: str) -> dict[str, Any]:
+        """The result of a finished `job_type` job that an input names in `field`; a field error otherwise."""
+        try:
+            result = self.read_result(job_id)
+        except UnsafePathError:
+            raise JobInputError(f"{field}: {job_id!r} is not a valid job id") from None
+        if result is None:
+            raise JobInputError(f"{field}: no finished job {job_id!r} on this volume")
+        if result.get("type") != job_type:
+            raise JobInputError(f"{field}: job {job_id!r} is a {result.get('type')} job, not a {job_type} job")
+        return result

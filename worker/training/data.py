@@ -100,18 +100,7 @@ def load_examples(
 
 
 def dataset_job_folder(job_id: str, store: JobStore) -> Path:
-    from worker.store import UnsafePathError
-
-    try:
-        result = store.read_result(job_id)
-    except UnsafePathError as error:
-        raise JobInputError(f"dataset_job_id: {error}") from None
-    if result is None:
-        raise JobInputError(f"dataset_job_id: no finished job {job_id!r} on this volume")
-    if result.get("type") != "dataset":
-        raise JobInputError(
-            f"dataset_job_id: job {job_id!r} is a {result.get('type')} job, not a dataset job"
-        )
+    store.finished_result(job_id, "dataset", "dataset_job_id")
     return store.root / job_id / DATASET_FOLDER
 
 

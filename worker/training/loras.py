@@ -13,21 +13,14 @@ from typing import Any
 
 from worker.inputs import VolumeFiles
 from worker.schemas import JobInputError, LoraRef
-from worker.store import JobStore, UnsafePathError
+from worker.store import JobStore
 
 LORA_SUFFIX = ".safetensors"
 
 
 def training_job_lora(job_id: str, store: JobStore, field: str) -> Path:
     """The LoRA a training job left: its diffusers file, or the last checkpoint of a cancelled run."""
-    try:
-        result = store.read_result(job_id)
-    except UnsafePathError as error:
-        raise JobInputError(f"{field}: {error}") from None
-    if result is None:
-        raise JobInputError(f"{field}: no finished job {job_id!r} on this volume")
-    if result.get("type") != "training":
-        raise JobInputError(f"{field}: job {job_id!r} is a {result.get('type')} job, not a training job")
+    result = store.finished_result(job_id, "training", field)
     outputs = result.get("outputs", [])
     final = [o for o in outputs if o.get("kind") == "lora" and o.get("format") == "diffusers"]
     checkpoints = [o for o in outputs if o.get("kind") == "checkpoint"]
