@@ -29,7 +29,9 @@ class JobInputError(ValueError):
     """A job input the worker refuses. The message names the field: `"<field>: <reason>"`."""
 
 
-class _Input(BaseModel):
+class StrictInput(BaseModel):
+    """The base of every job input: unknown fields are refused, strings are stripped, inputs are immutable."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
 
@@ -45,7 +47,7 @@ IMAGE_SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "
 IMAGE_MODELS = ("sdxl-base",)
 
 
-class LoraRef(_Input):
+class LoraRef(StrictInput):
     """A LoRA to apply to an image job: a `.safetensors` on the volume, or the id of a finished training job."""
 
     path: str | None = Field(default=None, min_length=1, max_length=1024)
@@ -59,7 +61,7 @@ class LoraRef(_Input):
         return self
 
 
-class ImageJob(_Input):
+class ImageJob(StrictInput):
     """Text to image with an SDXL pipeline."""
 
     type: Literal["image"] = "image"
@@ -97,7 +99,7 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~")) or bool(_PATH_SUFFIX.search(text))
 
 
-class MusicJob(_Input):
+class MusicJob(StrictInput):
     """Lyrics and style tags to a song with HeartMuLa."""
 
     type: Literal["music"] = "music"
@@ -139,7 +141,7 @@ _MAX_CAPTION_CHARS = 2000
 MAX_TRAINING_IMAGES = 2000  # a static bound; MAX_INLINE_IMAGES bounds inline images at run time
 
 
-class DatasetJob(_Input):
+class DatasetJob(StrictInput):
     """Images of one subject with same-name caption files: `dataset/0001.png` + `0001.txt`, ready for training."""
 
     type: Literal["dataset"] = "dataset"
@@ -172,14 +174,14 @@ class DatasetJob(_Input):
     _check_width = field_validator("width", "height")(_multiple_of_8)
 
 
-class TrainingImage(_Input):
+class TrainingImage(StrictInput):
     """One inline training image and its caption."""
 
     image: str = Field(min_length=1, description="URL, base64 or volume path.")
     caption: str = Field(min_length=1, max_length=_MAX_CAPTION_CHARS)
 
 
-class TrainingJob(_Input):
+class TrainingJob(StrictInput):
     """A LoRA for the SDXL base, trained on a folder of images with same-name .txt captions."""
 
     type: Literal["training"] = "training"
@@ -235,7 +237,7 @@ class TrainingJob(_Input):
         return value
 
 
-JOB_MODELS: dict[str, type[_Input]] = {
+JOB_MODELS: dict[str, type[StrictInput]] = {
     "image": ImageJob,
     "music": MusicJob,
     "dataset": DatasetJob,
@@ -257,7 +259,7 @@ def format_validation_error(error: ValidationError) -> str:
     return "; ".join(clauses)
 
 
-def parse_job(raw: Any, enabled: tuple[str, ...] | None = None) -> _Input:
+def parse_job(raw: Any, enabled: tuple[str, ...] | None = None) -> StrictInput:
     """Validate `job["input"]` into its typed model; `enabled` restricts the job types this worker serves."""
     if not isinstance(raw, dict):
         raise JobInputError(f"input: expected a JSON object, got {type(raw).__name__}")

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
+    """torch.OutOfMemoryError (CUDA), or the CPU allocator's refusal, which torch raises as a RuntimeError."""
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in str(error)
+    )
 
 
 def _free_accelerator_memory() -> None:

@@ -7,6 +7,7 @@ steps, and writes files only through `ctx.folder`.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,11 @@ from worker.store import JobFolder, JobStore
 
 if TYPE_CHECKING:
     from worker.config import Settings
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The job's seed, or a fresh random one (returned in the result so the job can be replayed)."""
+    return seed if seed is not None else secrets.randbelow(2**32)
 
 
 class JobCancelled(Exception):

@@ -9,7 +9,6 @@ identity; the adapter is unloaded after the job, leaving the resident pipeline a
 from __future__ import annotations
 
 import json
-import secrets
 import time
 import zipfile
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from worker.inputs import InputLimits, VolumeFiles, load_image
-from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput
+from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, resolve_seed
 from worker.pipelines.image import encode_image
 from worker.schemas import DatasetJob, OutputFile
 
@@ -102,7 +101,7 @@ class DatasetPipeline:
         self.volume = VolumeFiles.from_settings(env.settings, env.store.root)
 
     def run(self, job: DatasetJob, ctx: JobContext) -> PipelineOutput:
-        seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
+        seed = resolve_seed(job.seed)
         reference = None
         if job.reference_image is not None:
             reference = load_image(job.reference_image, "reference_image", self.limits, self.volume)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput
+from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, resolve_seed
 from worker.schemas import ImageJob
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ class ImagePipeline:
         return on_step_end
 
     def run(self, job: ImageJob, ctx: JobContext) -> PipelineOutput:
-        seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
+        seed = resolve_seed(job.seed)
         self.use_scheduler(job.scheduler)
         ctx.check_cancelled()
         # a checkpoint's modules and LoRAs are taken out when the block ends: the next job sees the base pipeline

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Any, ClassVar
 
-from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, PipelineOutput
+from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, PipelineOutput, resolve_seed
 from worker.schemas import JobInputError, MusicJob
 
 _SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "mp3": "MPEG_LAYER_III"}
@@ -38,7 +37,7 @@ class MusicPipeline:
 
         if job.duration_s > self.generator.max_duration_s:
             raise JobInputError(f"duration_s: at most {self.generator.max_duration_s:g} s for this model's context")
-        seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
+        seed = resolve_seed(job.seed)
 
         def on_progress(phase: str, done: int, total: int) -> None:
             ctx.progress(done, total, phase=phase)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import secrets
 import time
 from typing import Any, ClassVar
 
 from worker.inputs import InputLimits, VolumeFiles
-from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, PipelineOutput
+from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, PipelineOutput, resolve_seed
 from worker.schemas import OutputFile, TrainingJob
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class TrainingPipeline:
         from worker.training.lora import LoraTrainer
 
         examples = load_examples(job, self.env.store, self.volume, self.limits)
-        seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
+        seed = resolve_seed(job.seed)
         settings = train_settings(job, seed)
         pipe = self.image.sdxl
         base_model = "sdxl-tiny" if self.env.profile == "tiny" else BASE_MODEL

@@ -1,0 +1,66 @@
+"""Failures inside a pipeline: out of memory asks RunPod for a fresh worker, other crashes are reported, and the
+worker keeps serving after both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pytest
+
+from worker import pipelines, schemas
+from worker.config import Settings
+from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput
+from worker.worker import Worker
+
+
+class ProbeJob(schemas.StrictInput):
+    type: Literal["probe"] = "probe"
+    failure: Literal["none", "oom", "crash"] = "none"
+
+
+class ProbePipeline:
+    """A pipeline that writes a file, then fails the way the job asks."""
+
+    job_type: ClassVar[str] = "probe"
+    model_names: ClassVar[tuple[str, ...]] = ()
+
+    def load(self, env: LoadEnv) -> None:
+        pass
+
+    def run(self, job: ProbeJob, ctx: JobContext) -> PipelineOutput:
+        import torch
+
+        written = ctx.folder.write_bytes("partial.bin", b"half a result", kind="blob")
+        if job.failure == "oom":
+            torch.empty(2**50, dtype=torch.uint8)  # a real allocation the CPU allocator refuses
+        if job.failure == "crash":
+            raise ZeroDivisionError("a bug in a pipeline")
+        return PipelineOutput(outputs=[written])
+
+
+@pytest.fixture
+def probe_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Worker:
+    monkeypatch.setitem(schemas.JOB_MODELS, "probe", ProbeJob)
+    monkeypatch.setitem(pipelines.REGISTRY, "probe", f"{__name__}:ProbePipeline")
+    settings = Settings(volume_root=tmp_path, model_profile="tiny", worker_jobs=("probe",), warm_on_start=False)
+    return Worker(settings).start()
+
+
+def probe(worker: Worker, job_id: str, failure: str) -> dict[str, Any]:
+    return worker.handle_sync({"id": job_id, "input": {"type": "probe", "failure": failure}})
+
+
+def test_out_of_memory_asks_for_a_fresh_worker_and_keeps_nothing(probe_worker: Worker) -> None:
+    result = probe(probe_worker, "oom", "oom")
+    assert result["error"].startswith("out of memory: ")
+    assert result["refresh_worker"] is True
+    assert not (probe_worker.store.root / "oom").exists()
+    assert probe(probe_worker, "after-oom", "none")["outputs"][0]["bytes"] == len(b"half a result")
+
+
+def test_a_crash_is_an_error_string_and_the_worker_keeps_serving(probe_worker: Worker) -> None:
+    result = probe(probe_worker, "crash", "crash")
+    assert result == {"error": "internal error: ZeroDivisionError: a bug in a pipeline"}
+    assert not (probe_worker.store.root / "crash").exists()
+    assert "error" not in probe(probe_worker, "after-crash", "none")
