@@ -49,8 +49,16 @@ class Volume:
         Values the operator set explicitly are kept. Must run before huggingface_hub is imported: it reads
         these variables once, at import time.
         """
-        self.hf_home.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            # never create a missing mount point on the container disk: the fitness check reports it instead
+            log.warning("volume root %s does not exist; not pointing caches at it", self.root)
+            return
+        try:
+            self.hf_home.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            log.warning("volume root %s is not writable (%s); not pointing caches at it", self.root, error)
+            return
         os.environ.setdefault("HF_HOME", str(self.hf_home))
         os.environ.setdefault("HF_HUB_CACHE", str(Path(os.environ["HF_HOME"]) / "hub"))
         os.environ.setdefault("TMPDIR", str(self.tmp_dir))
@@ -82,5 +90,7 @@ def resolve_volume(configured: Path | None = None) -> Volume:
             "no network volume found; models in ./.volume, outputs in ./job_data",
             default_job_data=Path("job_data").resolve(),
         )
+    if volume.default_job_data is not None:
+        volume.root.mkdir(parents=True, exist_ok=True)
     log.info("volume root %s (%s)", volume.root, volume.reason)
     return volume

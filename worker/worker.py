@@ -90,6 +90,11 @@ class Worker:
                     log.exception("warm-up of %s failed; its jobs will retry the load", job_type)
         return self
 
+    @property
+    def loaded_jobs(self) -> tuple[str, ...]:
+        """The job types whose pipeline is loaded and resident."""
+        return tuple(self._pipelines)
+
     def fitness_check(self) -> None:
         """RunPod fitness check: the volume must exist and be writable."""
         self.volume.check_writable()
