@@ -9,7 +9,6 @@ Layout under `models_dir` (see DESIGN.md, "Paths on the volume"):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -25,8 +24,19 @@ from functools import partial
 from pathlib import Path
 
 from .catalog import ModelSpec, Part
-from .errors import CacheError, InsufficientSpaceError, LayoutError, LeaseLostError
+from .errors import CacheError, InsufficientSpaceError, LeaseLostError
 from .lock import ModelLease, Progress, acquire_lease, describe_holder, human_bytes, thread_gate
+from .manifest import (
+    MANIFEST_FORMAT,
+    OTHER_SPEC,
+    check_layout,
+    file_entry,
+    files_problem,
+    fsync_dir,
+    manifest_problem,
+    read_manifest,
+    write_json,
+)
 from .sources import (
     HF_LOCAL_DIR_CACHE,
     MANIFEST_NAME,
@@ -41,8 +51,6 @@ from .sources import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
-_OTHER_SPEC = "published for another spec (revision or file selection changed)"
 # Headroom kept free beyond the listed sizes: filesystem overhead and huggingface_hub's bookkeeping files.
 _SPACE_RESERVE = 64 * 1024 * 1024
 
@@ -128,20 +136,20 @@ class ModelCache:
     def _ready(self, spec: ModelSpec) -> Path | None:
         # The image is local disk and immutable: a baked model is used in place rather than copied to the volume.
         for root in (self.baked_dir, self.models_dir):
-            if root is not None and _problem(root / spec.name, spec) is None:
+            if root is not None and manifest_problem(root / spec.name, spec) is None:
                 return root / spec.name
         return None
 
     def _build(self, spec: ModelSpec, lease: ModelLease, seed_from: Path | None) -> Path:
         target = self.models_dir / spec.name
-        if _problem(target, spec) is None:
+        if manifest_problem(target, spec) is None:
             self._clean_staging(spec)
             return target
         claim = self._claim(spec, lease.token)
         try:
             manifest = self._fill(spec, claim, lease, seed_from)
             lease.check(force=True)
-            _write_json(claim / MANIFEST_NAME, manifest)
+            write_json(claim / MANIFEST_NAME, manifest)
             self._publish(spec, claim, target)
         except Exception as err:
             # After a takeover, any failure (a file that vanished when the new holder adopted our folder) is a
@@ -186,7 +194,7 @@ class ModelCache:
             progress.finish()
             _labelled(spec, part, partial(verify_delivery, dest, listing, hash_check=self.verify_sha256))
             for rel, info in listing.files.items():
-                files[f"{part.subdir}/{rel}" if part.subdir else rel] = _file_entry(info.size, info.sha256)
+                files[f"{part.subdir}/{rel}" if part.subdir else rel] = file_entry(info.size, info.sha256)
             records.append({"part": part.describe(), "revision": listing.revision, "origin": listing.origin})
         # huggingface_hub's bookkeeping lets an adopted folder skip finished files; the manifest replaces it now.
         for part in parts:
@@ -257,16 +265,16 @@ class ModelCache:
 
     def _publish(self, spec: ModelSpec, claim: Path, target: Path) -> None:
         if target.exists() or target.is_symlink():
-            log.info("%s: replacing the published copy (%s)", spec.name, _problem(target, spec))
+            log.info("%s: replacing the published copy (%s)", spec.name, manifest_problem(target, spec))
             self._discard(target)
         try:
             os.rename(claim, target)
         except OSError as err:
-            if _problem(target, spec) is None:
+            if manifest_problem(target, spec) is None:
                 self._discard(claim)
                 return
             raise CacheError(f"cannot publish {spec.name} at {target}: {err}") from err
-        _fsync_dir(self.models_dir)
+        fsync_dir(self.models_dir)
 
     def _clean_staging(self, spec: ModelSpec) -> None:
         """Remove staging folders of this model's name: partial downloads that the published copy supersedes."""
@@ -304,40 +312,18 @@ class ModelCache:
             if root is None or not (root / name).is_dir():
                 continue
             path = root / name
-            manifest = _read_manifest(path)
+            manifest = read_manifest(path)
             if manifest is None:
                 return ModelStatus(name, "damaged", path, tree_size(path), {}, holder, staged, "no manifest")
-            problem = _files_problem(path, manifest)
+            problem = files_problem(path, manifest)
             state = "damaged" if problem else "complete"
             if not problem and spec is not None and manifest.get("fingerprint") != spec.fingerprint:
-                state, problem = "outdated", _OTHER_SPEC
+                state, problem = "outdated", OTHER_SPEC
             revisions = {p["part"]: p["revision"] for p in manifest.get("parts", [])}
             return ModelStatus(
                 name, state, path, manifest.get("total_bytes", 0), revisions, holder, staged, problem
             )
         return ModelStatus(name, "missing", None, 0, {}, holder, staged, None)
-
-
-def check_layout(spec: ModelSpec, root: Path) -> None:
-    """Raise LayoutError naming every required file, and every shard of a weight index, that is missing."""
-    missing = [pattern for pattern in spec.required_files if not _present(root, pattern)]
-    for index in sorted(root.rglob("*.index.json")):
-        try:
-            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError) as err:
-            missing.append(f"{index.relative_to(root)} (unreadable: {err})")
-            continue
-        missing += [
-            (index.parent / s).relative_to(root).as_posix()
-            for s in sorted(shards)
-            if not (index.parent / s).is_file()
-        ]
-    if missing:
-        raise LayoutError(
-            f"{spec.name} is incomplete after fetching {', '.join(p.describe() for p in spec.parts)}: missing "
-            f"{', '.join(missing)}. Check that every part of the model is listed in the catalog and present at "
-            "its source"
-        )
 
 
 def _labelled(spec: ModelSpec, part: Part, call):
@@ -350,62 +336,8 @@ def _labelled(spec: ModelSpec, part: Part, call):
         raise type(err)(f"{spec.name}, part {part.describe()}: {err}") from err
 
 
-def _problem(path: Path, spec: ModelSpec) -> str | None:
-    """Why `path` is not a complete copy of `spec`, or None when it is. Reads the manifest and stats each file."""
-    manifest = _read_manifest(path)
-    if manifest is None:
-        return "no manifest"
-    if manifest.get("fingerprint") != spec.fingerprint:
-        return _OTHER_SPEC
-    return _files_problem(path, manifest)
-
-
-def _files_problem(path: Path, manifest: dict) -> str | None:
-    for rel, entry in manifest.get("files", {}).items():
-        if not has_size(path / rel, entry.get("size", -1)):
-            return f"{rel} is missing or has the wrong size"
-    return None
-
-
-def _read_manifest(path: Path) -> dict | None:
-    try:
-        manifest = json.loads((path / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
-
-
-def _file_entry(size: int, sha256: str | None) -> dict:
-    return {"size": size, "sha256": sha256} if sha256 else {"size": size}
-
-
-def _present(root: Path, pattern: str) -> bool:
-    if not any(ch in pattern for ch in "*?["):
-        return (root / pattern).is_file()
-    return any(p.is_file() for p in root.glob(pattern))
-
-
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Best effort: some network file systems refuse to open a directory for fsync.
-    with suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
