@@ -70,7 +70,7 @@ def sdxl_sized_pipeline(device: str) -> Any:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from cache.tiny.sdxl import write_clip_tokenizer
+    from cache.tiny.sdxl import SCHEDULER, write_clip_tokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="sdxl-sized-"))
     vocab = write_clip_tokenizer(folder / "tokenizer")
@@ -93,13 +93,7 @@ def sdxl_sized_pipeline(device: str) -> Any:
                 hidden_size=1280, intermediate_size=5120, num_attention_heads=20, projection_dim=1280, **text
             )
         )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = EulerDiscreteScheduler(**SCHEDULER)
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=encoder,

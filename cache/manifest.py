@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .catalog import ModelSpec
 from .errors import LayoutError
-from .sources import MANIFEST_NAME, has_size
+from .files import MANIFEST_NAME, has_size
 
 MANIFEST_FORMAT = 1
 OTHER_SPEC = "published for another spec (revision or file selection changed)"

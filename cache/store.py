@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .catalog import ModelSpec, Part
 from .errors import CacheError, InsufficientSpaceError, LeaseLostError
+from .files import HF_LOCAL_DIR_CACHE, MANIFEST_NAME, Listing, has_size, tree_size, verify_delivery
 from .lock import ModelLease, Progress, acquire_lease, describe_holder, human_bytes, thread_gate
 from .manifest import (
     MANIFEST_FORMAT,
@@ -37,17 +38,7 @@ from .manifest import (
     read_manifest,
     write_json,
 )
-from .sources import (
-    HF_LOCAL_DIR_CACHE,
-    MANIFEST_NAME,
-    Listing,
-    LocalSource,
-    Source,
-    has_size,
-    open_source,
-    tree_size,
-    verify_delivery,
-)
+from .sources import LocalSource, Source, open_source
 
 log = logging.getLogger(__name__)
 

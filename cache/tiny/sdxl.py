@@ -11,6 +11,14 @@ import json
 from pathlib import Path
 
 SEED = 20260101
+# stabilityai/stable-diffusion-xl-base-1.0's scheduler settings
+SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
 _SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -118,13 +126,7 @@ def build(dest: Path) -> None:
         sample_size=128,
         scaling_factor=0.13025,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = EulerDiscreteScheduler(**SCHEDULER)
     pipeline = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
