@@ -139,7 +139,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from worker.training.data import TrainingData
-    from worker.training.lora import LoraTrainer, TrainSettings
+    from worker.training.trainer import LoraTrainer, TrainSettings
 
     if config.get("threads"):
         torch.set_num_threads(config["threads"])

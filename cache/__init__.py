@@ -18,7 +18,7 @@ from .errors import (
     VerificationError,
 )
 from .sources import register_builtin
-from .store import ModelCache, ModelStatus
+from .model_cache import ModelCache, ModelStatus
 
 __all__ = [
     "AccessDeniedError",

@@ -27,7 +27,7 @@ from . import catalog
 from .catalog import ModelSpec, Part, Profile
 from .errors import CacheError
 from .lock import human_bytes
-from .store import ModelCache, ModelStatus
+from .model_cache import ModelCache, ModelStatus
 from .volume import resolve_volume
 
 

@@ -14,7 +14,7 @@ from worker.client import EndpointClient
 from worker.config import ConfigError, Settings
 from worker.fetch import VolumeS3
 from worker.schemas import JobInputError
-from worker.store import JobStore
+from worker.job_folders import JobStore
 from worker.uploads import UploadError, bucket_for, upload_outputs
 
 KEYS = {"bucket_access_key_id": "testing", "bucket_secret_access_key": "testing"}

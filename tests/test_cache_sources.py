@@ -205,7 +205,7 @@ def test_status_lists_complete_and_missing_models(hub: FakeHub, tmp_path: Path) 
 
 def test_importing_the_package_stays_light() -> None:
     probe = (
-        "import sys, cache, cache.store, cache.sources, cache.lock, cache.catalog; "
+        "import sys, cache, cache.model_cache, cache.sources, cache.lock, cache.catalog; "
         "print([m for m in ('torch', 'huggingface_hub', 'filelock') if m in sys.modules])"
     )
     result = subprocess.run(

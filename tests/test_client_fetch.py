@@ -11,7 +11,7 @@ from tests.servers import gateway
 from worker.client import ClientError, EndpointClient
 from worker.endpoints import microservice_endpoints, output_source
 from worker.fetch import BucketUrls, GatewayFiles, MountedVolume, VolumeS3
-from worker.store import JobStore
+from worker.job_folders import JobStore
 
 
 def finished(job_data: Path) -> dict[str, Any]:

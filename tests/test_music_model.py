@@ -12,7 +12,7 @@ import torch
 
 from cache.tiny.heartmula import build
 from worker.music.checkpoint import CheckpointError, validate_layout
-from worker.music.pipeline import GenerationCancelled, MusicGenerator, MusicResult
+from worker.music.generator import GenerationCancelled, MusicGenerator, MusicResult
 
 SAMPLES_PER_FRAME = 3840  # 80 ms at 48 kHz
 

@@ -22,7 +22,7 @@ import pytest
 from worker.config import Settings
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Progress
 from worker.schemas import JobInputError, JobResult, parse_job
-from worker.store import JobStore
+from worker.job_folders import JobStore
 
 _MEMO: dict[str, Any] = {}
 
@@ -232,7 +232,7 @@ def render(lab: Lab, seed: int = 3, prompt: str = "ohwx, a small green robot") -
 def lora_loaded(pipe: Any, path: Path) -> Iterator[None]:
     """`load_lora_weights` on one file for the block; afterwards the pipeline is as before (diffusers' unload
     leaves the base parameters frozen: the guard puts their flags back)."""
-    from worker.training.lora import ResidentGuard
+    from worker.training.trainer import ResidentGuard
 
     guard = ResidentGuard(pipe)
     pipe.load_lora_weights(str(path), adapter_name="check")

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import requests
 
 from worker.client import ClientError, TransientError
-from worker.store import UnsafePathError, safe_relpath
+from worker.job_folders import UnsafePathError, safe_relpath
 
 _CHUNK = 1 << 20
 

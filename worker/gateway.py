@@ -30,7 +30,7 @@ from starlette.routing import Route
 from cache.volume import POD_MOUNT, SERVERLESS_MOUNT, resolve_volume
 from worker.config import Settings
 from worker.logs import configure_logging
-from worker.store import JobStore, UnsafePathError, safe_relpath, validate_job_id
+from worker.job_folders import JobStore, UnsafePathError, safe_relpath, validate_job_id
 
 log = logging.getLogger(__name__)
 

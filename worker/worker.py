@@ -18,7 +18,7 @@ from worker.config import Settings
 from worker.pipelines import REGISTRY, pipeline_class
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Pipeline, PipelineOutput, Progress
 from worker.schemas import JobInputError, JobResult, parse_job
-from worker.store import JobFolder, JobStore, UnsafePathError
+from worker.job_folders import JobFolder, JobStore, UnsafePathError
 
 log = logging.getLogger(__name__)
 

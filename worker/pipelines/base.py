@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from worker.schemas import OutputFile
-from worker.store import JobFolder, JobStore
+from worker.job_folders import JobFolder, JobStore
 
 if TYPE_CHECKING:
     from worker.config import Settings

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.schemas import JobInputError
-from worker.store import UnsafePathError, safe_relpath
+from worker.job_folders import UnsafePathError, safe_relpath
 
 if TYPE_CHECKING:
     from worker.config import Settings

@@ -64,7 +64,7 @@ class ImagePipeline:
     def load(self, env: LoadEnv) -> None:
         from worker.inputs import VolumeFiles
         from worker.pipelines.checkpoints import Checkpoints
-        from worker.training.loras import LoraLoader
+        from worker.pipelines.image_loras import LoraLoader
 
         self.device = env.device
         self.sdxl = load_sdxl(env.models("sdxl-base"), env.device)

@@ -28,12 +28,12 @@ class MusicPipeline:
         self.generator: Any = None
 
     def load(self, env: LoadEnv) -> None:
-        from worker.music.pipeline import MusicGenerator
+        from worker.music.generator import MusicGenerator
 
         self.generator = MusicGenerator.from_pretrained(env.models("heartmula"), device=env.device)
 
     def run(self, job: MusicJob, ctx: JobContext) -> PipelineOutput:
-        from worker.music.pipeline import GenerationCancelled
+        from worker.music.generator import GenerationCancelled
 
         if job.duration_s > self.generator.max_duration_s:
             raise JobInputError(f"duration_s: at most {self.generator.max_duration_s:g} s for this model's context")

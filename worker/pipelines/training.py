@@ -45,7 +45,7 @@ class TrainingPipeline:
 
     def run(self, job: TrainingJob, ctx: JobContext) -> PipelineOutput:
         from worker.training.data import TrainingData, load_examples
-        from worker.training.lora import LoraTrainer
+        from worker.training.trainer import LoraTrainer
 
         examples = load_examples(job, self.env.store, self.volume, self.limits)
         seed = resolve_seed(job.seed)
@@ -89,7 +89,7 @@ class TrainingPipeline:
 
 
 def train_settings(job: TrainingJob, seed: int) -> Any:
-    from worker.training.lora import TrainSettings
+    from worker.training.trainer import TrainSettings
 
     return TrainSettings(
         rank=job.rank,

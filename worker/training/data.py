@@ -21,7 +21,7 @@ from worker.schemas import MAX_TRAINING_IMAGES, JobInputError, TrainingJob
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from worker.store import JobStore
+    from worker.job_folders import JobStore
 
 CAPTION_SUFFIX = ".txt"
 DATASET_FOLDER = "dataset"

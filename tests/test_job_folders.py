@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.store import RESULT_FILE, JobStore, UnsafePathError
+from worker.job_folders import RESULT_FILE, JobStore, UnsafePathError
 
 
 def test_write_describes_the_file(tmp_path: Path) -> None:

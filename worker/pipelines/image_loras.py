@@ -13,7 +13,7 @@ from typing import Any
 
 from worker.inputs import VolumeFiles
 from worker.schemas import JobInputError, LoraRef
-from worker.store import JobStore
+from worker.job_folders import JobStore
 
 LORA_SUFFIX = ".safetensors"
 
@@ -57,7 +57,7 @@ class LoraLoader:
         if not paths:
             yield []
             return
-        from worker.training.lora import ResidentGuard
+        from worker.training.trainer import ResidentGuard
 
         names = [f"lora_{index}" for index in range(len(paths))]
         # PEFT's injection freezes every base parameter; the guard puts the flags back when it unloads
