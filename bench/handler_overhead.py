@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.config import Settings
+from worker.intake import JobRequest
 from worker.pipelines.base import JobContext, Progress
 from worker.schemas import parse_job
 from worker.worker import Worker
@@ -56,10 +57,11 @@ def main() -> None:
 
         def direct() -> float:
             folder = worker.store.job("bench-direct")
-            ctx = JobContext(job_id="bench-direct", folder=folder, progress=Progress(lambda _: None))
+            request = JobRequest("bench-direct", parse_job(raw))
+            ctx = JobContext(request=request, folder=folder, progress=Progress(lambda _: None))
             folder.begin()
             started = time.perf_counter()
-            timed.inner.run(parse_job(raw), ctx)
+            timed.inner.run(request.job, ctx)
             return time.perf_counter() - started
 
         def handled(call) -> tuple[float, float]:

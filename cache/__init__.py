@@ -17,8 +17,8 @@ from .errors import (
     SourceError,
     VerificationError,
 )
-from .sources import register_builtin
 from .model_cache import ModelCache, ModelStatus
+from .sources import register_builtin
 
 __all__ = [
     "AccessDeniedError",

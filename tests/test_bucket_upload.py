@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,8 @@ from tests.servers import moto_s3
 from worker.client import EndpointClient
 from worker.config import ConfigError, Settings
 from worker.fetch import VolumeS3
-from worker.schemas import JobInputError
 from worker.job_folders import JobStore
+from worker.schemas import JobInputError
 from worker.uploads import UploadError, bucket_for, upload_outputs
 
 KEYS = {"bucket_access_key_id": "testing", "bucket_secret_access_key": "testing"}
@@ -55,7 +57,7 @@ def test_outputs_arrive_and_their_urls_download(
 ) -> None:
     s3(s3_url).create_bucket(Bucket="outputs")
     settings = Settings(bucket_endpoint_url=s3_url, bucket_name="outputs", bucket_url_expiry_s=600, **KEYS)
-    bucket = bucket_for({"input": {}}, settings)
+    bucket = bucket_for(None, settings)
     assert bucket is not None
 
     result = upload_outputs(bucket, finished_job)
@@ -79,29 +81,29 @@ def test_outputs_arrive_and_their_urls_download(
 def test_a_jobs_s3config_wins_and_the_bucket_can_ride_in_the_endpoint_path(s3_url: str) -> None:
     job = {"s3Config": {"accessId": "a", "accessSecret": "b", "bucketName": "mine", "endpointUrl": s3_url}}
     bucket = bucket_for(
-        job, Settings(bucket_endpoint_url="http://elsewhere", bucket_name="x", allow_private_urls=True, **KEYS)
+        job["s3Config"], Settings(bucket_endpoint_url="http://elsewhere", bucket_name="x", allow_private_urls=True, **KEYS)
     )
     assert bucket is not None and (bucket.name, bucket.endpoint_url) == ("mine", s3_url)
 
-    from_path = bucket_for({}, Settings(bucket_endpoint_url=f"{s3_url}/in-path", **KEYS))
+    from_path = bucket_for(None, Settings(bucket_endpoint_url=f"{s3_url}/in-path", **KEYS))
     assert from_path is not None and (from_path.name, from_path.endpoint_url) == ("in-path", s3_url)
 
 
 def test_no_bucket_configured_means_no_upload() -> None:
-    assert bucket_for({"input": {}}, Settings()) is None
+    assert bucket_for(None, Settings()) is None
 
 
 def test_partial_or_bad_configuration_is_refused(s3_url: str) -> None:
     with pytest.raises(ConfigError, match="BUCKET_SECRET_ACCESS_KEY"):
-        bucket_for({}, Settings(bucket_endpoint_url=s3_url, bucket_access_key_id="k"))
+        bucket_for(None, Settings(bucket_endpoint_url=s3_url, bucket_access_key_id="k"))
     with pytest.raises(ConfigError, match="BUCKET_NAME"):
-        bucket_for({}, Settings(bucket_endpoint_url=s3_url, **KEYS))
+        bucket_for(None, Settings(bucket_endpoint_url=s3_url, **KEYS))
     with pytest.raises(JobInputError, match="s3Config"):
-        bucket_for({"s3Config": {"accessId": "a"}}, Settings())
+        bucket_for({"accessId": "a"}, Settings())
 
 
 def test_a_refused_upload_says_where_the_outputs_are(s3_url: str, finished_job: dict[str, Any]) -> None:
-    bucket = bucket_for({}, Settings(bucket_endpoint_url=s3_url, bucket_name="no-such-bucket", **KEYS))
+    bucket = bucket_for(None, Settings(bucket_endpoint_url=s3_url, bucket_name="no-such-bucket", **KEYS))
     assert bucket is not None
     with pytest.raises(UploadError, match="complete on the volume in .*job-up"):
         upload_outputs(bucket, finished_job)
@@ -145,7 +147,7 @@ def test_an_s3config_on_a_private_host_is_refused_by_default(s3_url: str, image_
     assert result["error"].startswith("s3Config.endpointUrl: host '127.0.0.1' resolves to a private")
     assert not (image_worker.store.root / "up-private").exists()
     with pytest.raises(JobInputError, match="s3Config.endpointUrl: expected an http"):
-        bucket_for({"s3Config": s3_config("file:///etc")}, Settings(allow_private_urls=True))
+        bucket_for(s3_config("file:///etc"), Settings(allow_private_urls=True))
 
 
 def test_the_worker_uploads_when_the_job_carries_s3config(s3_url: str, private_urls_worker: Any) -> None:
@@ -154,9 +156,8 @@ def test_the_worker_uploads_when_the_job_carries_s3config(s3_url: str, private_u
     assert "error" not in result, result
     [output] = result["outputs"]
     assert requests.get(output["url"], timeout=10).content == Path(output["path"]).read_bytes()
-    assert (
-        "url" not in (Path(output["path"]).parent / "result.json").read_text()
-    )  # URLs expire; the file stays
+    # one answer: result.json, written last, is what the caller got, URLs included
+    assert json.loads((Path(output["path"]).parent / "result.json").read_text()) == result
 
 
 def test_a_failed_upload_is_an_error_that_keeps_the_outputs(private_urls_worker: Any) -> None:

@@ -133,7 +133,7 @@ def test_schema_errors_are_reported_with_morpheus_names() -> None:
     assert found is not None
     with pytest.raises(JobInputError) as caught:
         parse_job(found.job_input)
-    explained = found.explain(caught.value)
+    explained = str(found.explain(caught.value))
     assert explained.startswith("width: must be a multiple of 8")
     assert "; cfg_scale: Input should be less than or equal to 30" in explained
     assert "guidance_scale" not in explained

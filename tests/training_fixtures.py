@@ -19,10 +19,13 @@ from typing import Any
 
 import pytest
 
+from cache.volume import resolve_volume
 from worker.config import Settings
+from worker.inputs import VolumeFiles
+from worker.intake import JobRequest
+from worker.job_folders import JobStore
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Progress
 from worker.schemas import JobInputError, JobResult, parse_job
-from worker.job_folders import JobStore
 
 _MEMO: dict[str, Any] = {}
 
@@ -101,7 +104,7 @@ class Lab:
             if on_progress is not None:
                 on_progress(payload)
 
-        ctx = JobContext(job_id, folder, Progress(sink, 0.0), cancel_event or threading.Event())
+        ctx = JobContext(JobRequest(job_id, job), folder, Progress(sink, 0.0), cancel_event or threading.Event())
         try:
             output = self.pipelines[job.type].run(job, ctx)
         except JobInputError as error:
@@ -126,6 +129,8 @@ def build_lab(root: Path, sdxl_dir: Path, ip_adapter_dir: Path) -> Lab:
     models = {"sdxl-base": sdxl_dir, "ip-adapter-sdxl": ip_adapter_dir}
     env = LoadEnv(
         settings=Settings(volume_root=root, model_profile="tiny", max_inline_images=4),
+        volume=resolve_volume(root),
+        files=VolumeFiles(root, [store.root]),
         models=lambda name: models[name],
         device="cpu",
         profile="tiny",

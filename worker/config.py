@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-JOB_TYPES: tuple[str, ...] = ("music", "image", "dataset", "training")
+from worker_client.jobs import JOB_TYPES
 
 Profile = Literal["auto", "production", "tiny"]
 
@@ -120,7 +120,8 @@ class Settings:
             cache_wait_timeout_s=_float(env, "CACHE_WAIT_TIMEOUT_S", 1500.0, minimum=1.0),
             cache_lease_s=_float(env, "CACHE_LEASE_S", 60.0, minimum=5.0),
             cache_verify_sha256=_bool(env, "CACHE_VERIFY_SHA256", False),
-            runpod_hf_cache_dir=_path(env, "RUNPOD_HF_CACHE_DIR") or Path("/runpod-volume/huggingface-cache/hub"),
+            runpod_hf_cache_dir=_path(env, "RUNPOD_HF_CACHE_DIR")
+            or Path("/runpod-volume/huggingface-cache/hub"),
             baked_models_dir=_path(env, "BAKED_MODELS_DIR") or Path("/models"),
             checkpoints_dir=_path(env, "CHECKPOINTS_DIR"),
             progress_interval_s=_float(env, "PROGRESS_INTERVAL_S", 1.0, minimum=0.0),
@@ -172,7 +173,9 @@ class ClientSettings:
 
         def per_type(prefix: str) -> tuple[tuple[str, str], ...]:
             names = {"": prefix, **{job: f"{prefix}_{job.upper()}" for job in JOB_TYPES}}
-            return tuple((job, value) for job, name in names.items() if (value := (env.get(name) or "").strip()))
+            return tuple(
+                (job, value) for job, name in names.items() if (value := (env.get(name) or "").strip())
+            )
 
         broker = env.get("CELERY_BROKER_URL") or "redis://localhost:6379/0"
         return cls(

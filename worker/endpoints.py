@@ -72,7 +72,9 @@ def output_source(source: ClientSettings | Mapping[str, str] | None = None) -> O
     return BucketUrls()
 
 
-def microservice_endpoints(source: ClientSettings | Mapping[str, str] | None = None) -> dict[str, EndpointClient]:
+def microservice_endpoints(
+    source: ClientSettings | Mapping[str, str] | None = None,
+) -> dict[str, EndpointClient]:
     """`{job type: EndpointClient}` for every job type that has an endpoint; job types sharing an endpoint share
     one client."""
     settings = _settings(source)
@@ -81,7 +83,12 @@ def microservice_endpoints(source: ClientSettings | Mapping[str, str] | None = N
     shared: dict[tuple[str, str], EndpointClient] = {}
     clients: dict[str, EndpointClient] = {}
     for job_type in JOB_TYPES:
-        candidates = (("id", ids.get(job_type)), ("url", urls.get(job_type)), ("id", ids.get("")), ("url", urls.get("")))
+        candidates = (
+            ("id", ids.get(job_type)),
+            ("url", urls.get(job_type)),
+            ("id", ids.get("")),
+            ("url", urls.get("")),
+        )
         target = next(((kind, value) for kind, value in candidates if value), None)
         if target is None:
             continue

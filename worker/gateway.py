@@ -29,8 +29,8 @@ from starlette.routing import Route
 
 from cache.volume import POD_MOUNT, SERVERLESS_MOUNT, resolve_volume
 from worker.config import Settings
-from worker.logs import configure_logging
 from worker.job_folders import JobStore, UnsafePathError, safe_relpath, validate_job_id
+from worker.logs import configure_logging
 
 log = logging.getLogger(__name__)
 

@@ -69,7 +69,7 @@ class InputLimits:
     def check_count(self, count: int, field: str) -> None:
         if count > self.max_images:
             raise JobInputError(
-                f"{field}: at most {self.max_images} inline images (MAX_INLINE_IMAGES), got {count}"
+                field, f"at most {self.max_images} inline images (MAX_INLINE_IMAGES), got {count}"
             )
 
 
@@ -80,17 +80,10 @@ class VolumeFiles:
         self.root = Path(root).resolve()
         self.roots = [self.root, *(Path(extra).resolve() for extra in extra_roots)]
 
-    @classmethod
-    def from_settings(cls, settings: Settings, job_data_dir: Path) -> VolumeFiles:
-        """The worker's volume (same rules as start-up) plus the job_data folder, which may live elsewhere."""
-        from cache.volume import resolve_volume
-
-        return cls(resolve_volume(settings.volume_root).root, [job_data_dir])
-
     def resolve(self, raw: str, field: str, *, kind: str = "file") -> Path:
         """The existing file (kind "file") or folder (kind "dir") that `raw` names inside the volume."""
         if not raw or "\x00" in raw or "\\" in raw:
-            raise JobInputError(f"{field}: not a valid path")
+            raise JobInputError(field, "not a valid path")
         path = PurePosixPath(raw)
         for prefix in VOLUME_PREFIXES:
             if path == PurePosixPath(prefix) or path.is_relative_to(prefix):
@@ -99,11 +92,11 @@ class VolumeFiles:
         candidate = Path(path) if path.is_absolute() else self.root / path
         target = candidate.resolve()
         if not any(target.is_relative_to(root) for root in self.roots):
-            raise JobInputError(f"{field}: {raw!r} is outside the volume")
+            raise JobInputError(field, f"{raw!r} is outside the volume")
         if kind == "dir" and not target.is_dir():
-            raise JobInputError(f"{field}: no folder {raw!r} on the volume")
+            raise JobInputError(field, f"no folder {raw!r} on the volume")
         if kind == "file" and not target.is_file():
-            raise JobInputError(f"{field}: no file {raw!r} on the volume")
+            raise JobInputError(field, f"no file {raw!r} on the volume")
         return target
 
 
@@ -120,14 +113,15 @@ def _vetted_address(host: str, port: int, field: str, limits: InputLimits) -> st
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        raise JobInputError(f"{field}: cannot resolve host {host!r}: {error.strerror}") from None
+        raise JobInputError(field, f"cannot resolve host {host!r}: {error.strerror}") from None
     addresses = [str(info[4][0]) for info in infos]
     if limits.allow_private_urls:
         return addresses[0]
     if not all(_is_public(address) for address in addresses):
         raise JobInputError(
-            f"{field}: host {host!r} resolves to a private, loopback or link-local address; refused "
-            "(ALLOW_PRIVATE_URLS=true allows it)"
+            field,
+            f"host {host!r} resolves to a private, loopback or link-local address; refused "
+            "(ALLOW_PRIVATE_URLS=true allows it)",
         )
     return addresses[0]
 
@@ -136,7 +130,7 @@ def check_public_endpoint(url: str, field: str, allow_private: bool) -> None:
     """Refuse an http(s) endpoint a job names (e.g. an upload target) on a private host, unless allowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobInputError(f"{field}: expected an http:// or https:// URL, got {url!r}")
+        raise JobInputError(field, f"expected an http:// or https:// URL, got {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     _vetted_address(parts.hostname, port, field, InputLimits(allow_private_urls=allow_private))
 
@@ -167,7 +161,7 @@ def fetch_url(url: str, field: str, limits: InputLimits) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise JobInputError(f"{field}: only http and https URLs are fetched")
+            raise JobInputError(field, "only http and https URLs are fetched")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         address = _vetted_address(parts.hostname, port, field, limits)
         connection_cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
@@ -180,28 +174,28 @@ def fetch_url(url: str, field: str, limits: InputLimits) -> bytes:
                 url = urljoin(url, response.getheader("Location", ""))
                 continue
             if response.status != 200:
-                raise JobInputError(f"{field}: the server answered HTTP {response.status}")
+                raise JobInputError(field, f"the server answered HTTP {response.status}")
             return _read_body(response, field, limits, deadline)
         except (OSError, http.client.HTTPException) as error:
             if isinstance(error, TimeoutError) or "timed out" in str(error):
-                raise JobInputError(f"{field}: no answer within {limits.fetch_timeout_s:g} s") from None
-            raise JobInputError(f"{field}: fetch failed: {error}") from None
+                raise JobInputError(field, f"no answer within {limits.fetch_timeout_s:g} s") from None
+            raise JobInputError(field, f"fetch failed: {error}") from None
         finally:
             connection.close()
-    raise JobInputError(f"{field}: more than {MAX_REDIRECTS} redirects")
+    raise JobInputError(field, f"more than {MAX_REDIRECTS} redirects")
 
 
 def _read_body(response: http.client.HTTPResponse, field: str, limits: InputLimits, deadline: float) -> bytes:
     declared = response.getheader("Content-Length")
     if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-        raise JobInputError(f"{field}: {int(declared)} bytes is over the {limits.max_bytes}-byte limit")
+        raise JobInputError(field, f"{int(declared)} bytes is over the {limits.max_bytes}-byte limit")
     body = bytearray()
     while chunk := response.read(_CHUNK):
         body += chunk
         if len(body) > limits.max_bytes:
-            raise JobInputError(f"{field}: over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)")
+            raise JobInputError(field, f"over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)")
         if time.monotonic() > deadline:
-            raise JobInputError(f"{field}: no complete answer within {limits.fetch_timeout_s:g} s")
+            raise JobInputError(field, f"no complete answer within {limits.fetch_timeout_s:g} s")
     return bytes(body)
 
 
@@ -209,21 +203,21 @@ def decode_base64(text: str, field: str, limits: InputLimits) -> bytes:
     """Strict base64 (plain or a `data:` URI), bounded before decoding so a huge string costs nothing."""
     payload = text.partition(",")[2] if text.startswith("data:") else text
     if text.startswith("data:") and ";base64" not in text.partition(",")[0]:
-        raise JobInputError(f"{field}: only base64 data URIs are accepted")
+        raise JobInputError(field, "only base64 data URIs are accepted")
     payload = "".join(payload.split())
     if len(payload) * 3 // 4 > limits.max_bytes:
-        raise JobInputError(f"{field}: over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)")
+        raise JobInputError(field, f"over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise JobInputError(f"{field}: not a URL, a volume path or valid base64") from None
+        raise JobInputError(field, "not a URL, a volume path or valid base64") from None
 
 
 def read_file(path: Path, field: str, limits: InputLimits) -> bytes:
     size = path.stat().st_size
     if size > limits.max_bytes:
         raise JobInputError(
-            f"{field}: {size} bytes is over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)"
+            field, f"{size} bytes is over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)"
         )
     return path.read_bytes()
 
@@ -231,7 +225,7 @@ def read_file(path: Path, field: str, limits: InputLimits) -> bytes:
 def source_bytes(source: str, field: str, limits: InputLimits, volume: VolumeFiles) -> bytes:
     """The raw bytes an image source string names (see the module docstring for how it is read)."""
     if not isinstance(source, str) or not source.strip():
-        raise JobInputError(f"{field}: empty image source")
+        raise JobInputError(field, "empty image source")
     source = source.strip()
     scheme = source.partition(":")[0].lower()
     if scheme in ("http", "https"):
@@ -239,7 +233,7 @@ def source_bytes(source: str, field: str, limits: InputLimits, volume: VolumeFil
     if scheme == "data":
         return decode_base64(source, field, limits)
     if "://" in source[:16]:
-        raise JobInputError(f"{field}: only http(s) URLs, data URIs, base64 and volume paths are accepted")
+        raise JobInputError(field, "only http(s) URLs, data URIs, base64 and volume paths are accepted")
     if "." in source or source.startswith(VOLUME_PREFIXES):
         return read_file(volume.resolve(source, field), field, limits)
     return decode_base64(source, field, limits)
@@ -257,15 +251,16 @@ def decode_image(data: bytes, field: str, limits: InputLimits) -> Image:
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise JobInputError(
-                    f"{field}: {width}x{height} is over the {limits.max_pixels}-pixel limit (decompression bomb guard)"
+                    field,
+                    f"{width}x{height} is over the {limits.max_pixels}-pixel limit (decompression bomb guard)",
                 )
             image.load()
     except JobInputError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise JobInputError(f"{field}: not a readable PNG, JPEG, WebP or BMP image ({error})") from None
+        raise JobInputError(field, f"not a readable PNG, JPEG, WebP or BMP image ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise JobInputError(f"{field}: the image is damaged ({error})") from None
+        raise JobInputError(field, f"the image is damaged ({error})") from None
     image = ImageOps.exif_transpose(image)
     return _to_rgb(image)
 

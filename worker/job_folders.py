@@ -63,7 +63,9 @@ def safe_relpath(relpath: str) -> PurePosixPath:
         raise UnsafePathError(f"file name {relpath!r}: not a valid relative path")
     path = PurePosixPath(relpath)
     if path.is_absolute() or any(part in ("", ".", "..") for part in relpath.split("/")):
-        raise UnsafePathError(f"file name {relpath!r}: must be relative and must not contain '.' or '..' parts")
+        raise UnsafePathError(
+            f"file name {relpath!r}: must be relative and must not contain '.' or '..' parts"
+        )
     return path
 
 
@@ -162,9 +164,9 @@ class JobStore:
         try:
             result = self.read_result(job_id)
         except UnsafePathError:
-            raise JobInputError(f"{field}: {job_id!r} is not a valid job id") from None
+            raise JobInputError(field, f"{job_id!r} is not a valid job id") from None
         if result is None:
-            raise JobInputError(f"{field}: no finished job {job_id!r} on this volume")
+            raise JobInputError(field, f"no finished job {job_id!r} on this volume")
         if result.get("type") != job_type:
-            raise JobInputError(f"{field}: job {job_id!r} is a {result.get('type')} job, not a {job_type} job")
+            raise JobInputError(field, f"job {job_id!r} is a {result.get('type')} job, not a {job_type} job")
         return result

@@ -9,13 +9,13 @@ refused with the list of what is served. The README's "Morpheus" section is the 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from worker.schemas import JobInputError
+from worker_client.field_errors import FieldIssue
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ _COMMON = {
 _IGNORED = {"output_path", "filename_prefix", "output_folder_name", "workflow_type"}
 _REFERENCE = {"base_image_pod_path", "face_weight", "identity_weight", "pose_weight", "style_weight"}
 _UNUSED_REFERENCE = {"pose_weight", "style_weight"}
-_CLAUSE = re.compile(r"^([A-Za-z_]\w*)((?:\.\w+)*): ")
 
 
 def _scheduler(params: dict[str, Any]) -> str | None:
@@ -50,9 +49,9 @@ def _scheduler(params: dict[str, Any]) -> str | None:
     if sampler is None and schedule is None:
         return None
     if sampler is not None and sampler not in SAMPLERS:
-        raise JobInputError(f"sampler_name: {sampler!r} is not served; supported: {', '.join(SAMPLERS)}")
+        raise JobInputError("sampler_name", f"{sampler!r} is not served; supported: {', '.join(SAMPLERS)}")
     if schedule is not None and schedule not in SCHEDULES:
-        raise JobInputError(f"scheduler: {schedule!r} is not served; supported: {', '.join(SCHEDULES)}")
+        raise JobInputError("scheduler", f"{schedule!r} is not served; supported: {', '.join(SCHEDULES)}")
     name = SAMPLERS[sampler or "euler"]
     return "dpmpp_2m_karras" if name == "dpmpp_2m" and schedule == "karras" else name
 
@@ -173,13 +172,14 @@ class Envelope:
             extra["ignored_params"] = list(self.ignored)
         return {**result, **extra}
 
-    def explain(self, error: Exception) -> str:
-        """A refusal that names Morpheus's params (`cfg_scale`) where ours (`guidance_scale`) would confuse."""
+    def explain(self, error: JobInputError) -> JobInputError:
+        """The refusal naming Morpheus's params (`cfg_scale`) where ours (`guidance_scale`) would confuse."""
 
-        def rename(clause: str) -> str:
-            return _CLAUSE.sub(lambda m: f"{self.fields.get(m.group(1), m.group(1))}{m.group(2)}: ", clause)
+        def rename(field: str) -> str:
+            head, dot, rest = field.partition(".")
+            return f"{self.fields.get(head, head)}{dot}{rest}"
 
-        return "; ".join(rename(clause) for clause in str(error).split("; "))
+        return JobInputError.of(FieldIssue(rename(issue.field), issue.reason) for issue in error.issues)
 
 
 def envelope(raw: Any) -> Envelope | None:
@@ -189,23 +189,25 @@ def envelope(raw: Any) -> Envelope | None:
     name = raw["workflow_name"]
     if name not in WORKFLOWS:
         raise JobInputError(
-            f"workflow_name: {name!r} is not served by this worker; supported: {', '.join(WORKFLOWS)} "
-            '(video, face-swap and audio workflows run elsewhere; for music send {"type": "music", ...})'
+            "workflow_name",
+            f"{name!r} is not served by this worker; supported: {', '.join(WORKFLOWS)} "
+            '(video, face-swap and audio workflows run elsewhere; for music send {"type": "music", ...})',
         )
     workflow = WORKFLOWS[name]
     params = {key: value for key, value in raw.items() if key not in ("workflow_name", "params")}
     nested = raw.get("params", {})
     if not isinstance(nested, dict):
-        raise JobInputError("params: expected a JSON object of workflow params")
+        raise JobInputError("params", "expected a JSON object of workflow params")
     params.update(nested)
     unknown = sorted(set(params) - workflow.params)
     if unknown:
         raise JobInputError(
-            f"{unknown[0]}: not a param of workflow {name!r}; supported: {', '.join(sorted(workflow.params))}"
+            f"{unknown[0]}",
+            f"not a param of workflow {name!r}; supported: {', '.join(sorted(workflow.params))}",
         )
     missing = [param for param in workflow.required if param not in params]
     if missing:
-        raise JobInputError(f"{missing[0]}: required by workflow {name!r}")
+        raise JobInputError(f"{missing[0]}", f"required by workflow {name!r}")
     ignored = tuple(sorted(set(params) & (_IGNORED | workflow.unused)))
     if ignored:
         log.info("workflow %s: params accepted but not used: %s", name, ", ".join(ignored))

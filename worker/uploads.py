@@ -65,14 +65,16 @@ def _region(endpoint_url: str) -> str:
     return "us-east-1"
 
 
-def bucket_for(job: dict[str, Any], settings: Settings) -> Bucket | None:
-    """The bucket this job's outputs go to, or None. A bad `s3Config` is refused before the job runs."""
-    s3_config = job.get("s3Config") if isinstance(job, dict) else None
+def bucket_for(s3_config: Any, settings: Settings) -> Bucket | None:
+    """The bucket a job's outputs go to (its `s3Config`, else the BUCKET_* settings), or None. A bad `s3Config`
+    is refused before the job runs."""
     if s3_config is not None:
         if not isinstance(s3_config, dict) or any(not s3_config.get(key) for key in _S3_CONFIG_KEYS):
-            raise JobInputError(f"s3Config: give {', '.join(_S3_CONFIG_KEYS)}")
+            raise JobInputError("s3Config", f"give {', '.join(_S3_CONFIG_KEYS)}")
         # a job must not point the worker's uploads at hosts inside its network
-        check_public_endpoint(str(s3_config["endpointUrl"]), "s3Config.endpointUrl", settings.allow_private_urls)
+        check_public_endpoint(
+            str(s3_config["endpointUrl"]), "s3Config.endpointUrl", settings.allow_private_urls
+        )
         return Bucket(
             str(s3_config["endpointUrl"]),
             str(s3_config["accessId"]),

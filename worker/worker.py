@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from cache.volume import Volume, resolve_volume
-from worker import morpheus, uploads
+from worker import uploads
 from worker.config import Settings
+from worker.inputs import VolumeFiles
+from worker.intake import JobRequest, read_request
+from worker.job_folders import JobFolder, JobStore, UnsafePathError
 from worker.pipelines import REGISTRY, pipeline_class
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Pipeline, PipelineOutput, Progress
-from worker.schemas import JobInputError, JobResult, parse_job
-from worker.job_folders import JobFolder, JobStore, UnsafePathError
+from worker.schemas import JobInputError, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ class Worker:
     """Serves the enabled job types in-process, one job at a time."""
 
     def __init__(
-        self, settings: Settings | None = None, progress_sink: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+        self,
+        settings: Settings | None = None,
+        progress_sink: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     ) -> None:
         """`progress_sink(job, payload)` receives throttled progress; default: RunPod's progress_update on the
         platform, a log line elsewhere."""
@@ -69,7 +73,9 @@ class Worker:
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         requested = self.settings.model_profile
-        self.profile = requested if requested != "auto" else ("production" if self.device == "cuda" else "tiny")
+        self.profile = (
+            requested if requested != "auto" else ("production" if self.device == "cuda" else "tiny")
+        )
         if self.profile == "tiny":
             log.warning("model profile tiny (%s): random-weight demo models, outputs are noise", requested)
         else:
@@ -117,6 +123,8 @@ class Worker:
                 pipeline.load(
                     LoadEnv(
                         settings=self.settings,
+                        volume=self.volume,
+                        files=VolumeFiles(self.volume.root, [self.store.root]),
                         models=self.model_path,
                         device=self.device,
                         profile=self.profile,
@@ -129,44 +137,45 @@ class Worker:
             return self._pipelines[job_type]
 
     def handle_sync(self, job: dict[str, Any], cancel_event: threading.Event | None = None) -> dict[str, Any]:
-        """Run one job to its result dict; every failure becomes `{"error": "..."}`, never an exception."""
-        job_id = str(job.get("id", "")) if isinstance(job, dict) else ""
+        """Run one job to its answer, which is also what `result.json` holds; every failure becomes
+        `{"error": "..."}`, never an exception."""
+        job_id = job.get("id", "") if isinstance(job, dict) else ""
         folder: JobFolder | None = None
-        envelope: morpheus.Envelope | None = None
         try:
-            folder = self.store.job(job_id)
-            # Morpheus's workflow_name requests become one of our inputs; their answers get its *_pod_path keys
-            envelope = morpheus.envelope(job.get("input"))
-            request = parse_job(envelope.job_input if envelope else job.get("input"), enabled=self.jobs)
-            bucket = uploads.bucket_for(job, self.settings)
+            request = read_request(job, self.settings, self.jobs)
             log.info("job %s: %s started", job_id, request.type)
             load_started = time.perf_counter()
             pipeline = self.pipeline(request.type)
             load_s = time.perf_counter() - load_started
+            folder = self.store.job(request.job_id)
             folder.begin()
             ctx = JobContext(
-                job_id=job_id,
+                request=request,
                 folder=folder,
-                progress=Progress(lambda payload: self._progress_sink(job, payload), self.settings.progress_interval_s),
+                progress=Progress(
+                    lambda payload: self._progress_sink(job, payload), self.settings.progress_interval_s
+                ),
                 cancel_event=cancel_event or threading.Event(),
             )
             run_started = time.perf_counter()
-            output: PipelineOutput = pipeline.run(request, ctx)
+            output: PipelineOutput = pipeline.run(request.job, ctx)
             metrics = {"load_s": round(load_s, 4), "run_s": round(time.perf_counter() - run_started, 4)}
             metrics.update(output.metrics)
             result = JobResult(
-                job_id=job_id, type=request.type, outputs=output.outputs, metrics=metrics, **output.fields
+                job_id=request.job_id,
+                type=request.type,
+                outputs=output.outputs,
+                metrics=metrics,
+                **output.fields,
             ).model_dump(mode="json")
-            folder.write_result(result)
-            if bucket is not None:
-                result = uploads.upload_outputs(bucket, result)
+            answer = self._deliver(request, folder, result)
             log.info("job %s: done, %d file(s) in %.2fs", job_id, len(output.outputs), metrics["run_s"])
-            return envelope.answer(result) if envelope else result
+            return answer
         except (JobInputError, UnsafePathError) as error:
             log.info("job %s: refused: %s", job_id, error)
-            return {"error": envelope.explain(error) if envelope else str(error)}
+            return {"error": str(error)}
         except uploads.UploadError as error:
-            log.error("job %s: %s", job_id, error)  # the outputs stay: they are complete on the volume
+            log.error("job %s: %s", job_id, error)
             return {"error": str(error)}
         except JobCancelled:
             if folder is not None:
@@ -179,9 +188,28 @@ class Worker:
             if _is_out_of_memory(error):
                 _free_accelerator_memory()
                 log.error("job %s: out of memory; asking RunPod to replace this worker", job_id)
-                return {"error": f"out of memory: {error}. Try a smaller size or batch.", "refresh_worker": True}
+                return {
+                    "error": f"out of memory: {error}. Try a smaller size or batch.",
+                    "refresh_worker": True,
+                }
             log.error("job %s: failed: %s", job_id, traceback.format_exc())
             return {"error": f"internal error: {type(error).__name__}: {error}"}
+
+    @staticmethod
+    def _deliver(request: JobRequest, folder: JobFolder, result: dict[str, Any]) -> dict[str, Any]:
+        """The final answer (upload URLs and Morpheus's keys included), written as `result.json` last.
+
+        A failed upload still records the finished job, without URLs and with `upload_error`: its outputs are
+        complete on the volume and later jobs may use them."""
+        try:
+            if request.bucket is not None:
+                result = uploads.upload_outputs(request.bucket, result)
+        except uploads.UploadError as error:
+            folder.write_result({**result, "upload_error": str(error)})
+            raise
+        answer = request.envelope.answer(result) if request.envelope else result
+        folder.write_result(answer)
+        return answer
 
     async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         """The RunPod handler. A cancelled task (RunPod cancel or timeout) stops the job between steps."""

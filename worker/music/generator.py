@@ -31,6 +31,15 @@ class GenerationCancelled(Exception):
     """`generate` stopped early because `should_stop()` returned True."""
 
 
+class GenerationInputError(ValueError):
+    """An argument `generate` cannot use; `field` names it the way the music job does."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 @dataclass
 class MusicResult:
     waveform: np.ndarray  # float32 [channels, samples] at 48 kHz
@@ -103,16 +112,17 @@ class MusicGenerator:
         """Generates up to `duration_s` of music (the LM may end the song earlier).
 
         The song length follows the reference: `duration_s · 1000 // 80` frame steps after the first frame.
-        Raises ValueError for arguments out of range and GenerationCancelled when `should_stop()` is True
+        Raises GenerationInputError for arguments out of range and GenerationCancelled when `should_stop()` is True
         (checked after every LM frame and every codec step)."""
         self._check_arguments(duration_s, temperature, topk, cfg_scale, codec_steps)
         prompt = self.prompts.encode(tags, lyrics)
         n_steps = round(duration_s * 1000) // FRAME_MS
         if prompt.length + n_steps + 1 > self.lm.cfg.backbone.max_seq_len:
-            raise ValueError(
-                f"lyrics and tags: {prompt.length} tokens do not fit with {duration_s} s of audio in the "
+            raise GenerationInputError(
+                "lyrics",
+                f"with the tags, {prompt.length} tokens do not fit with {duration_s} s of audio in the "
                 f"model's context of {self.lm.cfg.backbone.max_seq_len} positions; shorten the lyrics or the "
-                f"duration (prompts up to {self.max_prompt_tokens} tokens always fit)"
+                f"duration (prompts up to {self.max_prompt_tokens} tokens always fit)",
             )
 
         def hook(phase: str) -> Callable[[int, int], None]:
@@ -178,4 +188,4 @@ class MusicGenerator:
         }
         for name, problem in problems.items():
             if problem:
-                raise ValueError(f"{name}: {problem}")
+                raise GenerationInputError(name, problem)

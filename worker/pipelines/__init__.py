@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from worker_client.jobs import JOB_TYPES
+
 # job type -> "module:class"; importing a module must stay cheap (torch is imported inside `load`)
 REGISTRY: dict[str, str] = {
     "music": "worker.pipelines.music:MusicPipeline",
@@ -11,6 +13,8 @@ REGISTRY: dict[str, str] = {
     "dataset": "worker.pipelines.dataset:DatasetPipeline",
     "training": "worker.pipelines.training:TrainingPipeline",
 }
+if sorted(REGISTRY) != sorted(JOB_TYPES):
+    raise ImportError(f"worker.pipelines serves {sorted(REGISTRY)}, the job types are {sorted(JOB_TYPES)}")
 
 
 def pipeline_class(job_type: str) -> type:

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from worker.schemas import OutputFile
 from worker.job_folders import JobFolder, JobStore
+from worker.schemas import OutputFile
 
 if TYPE_CHECKING:
+    from cache.volume import Volume
     from worker.config import Settings
+    from worker.inputs import VolumeFiles
+    from worker.intake import JobRequest
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -49,12 +52,16 @@ class Progress:
 
 @dataclass
 class JobContext:
-    """Per-job services handed to `Pipeline.run`."""
+    """Per-job services handed to `Pipeline.run`: the request it came in, its folder, progress and cancel."""
 
-    job_id: str
+    request: JobRequest
     folder: JobFolder
     progress: Progress
     cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
 
     def check_cancelled(self) -> None:
         if self.cancel_event.is_set():
@@ -77,9 +84,12 @@ class ModelResolver(Protocol):
 
 @dataclass
 class LoadEnv:
-    """What `Pipeline.load` may use: settings, the model resolver, the device, and the other pipelines."""
+    """What `Pipeline.load` may use: settings, the volume (and the paths users may name on it), the model
+    resolver, the device, the job folders, and the other pipelines."""
 
     settings: Settings
+    volume: Volume
+    files: VolumeFiles
     models: ModelResolver
     device: str
     profile: str
@@ -88,8 +98,9 @@ class LoadEnv:
 
 
 class Pipeline(Protocol):
+    """`run` gets the request's typed input (`ctx.request.job`) as `job`."""
+
     job_type: ClassVar[str]
-    model_names: ClassVar[tuple[str, ...]]
 
     def load(self, env: LoadEnv) -> None: ...
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.schemas import JobInputError
 from worker.job_folders import UnsafePathError, safe_relpath
+from worker.schemas import JobInputError
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -35,19 +35,20 @@ def resolve_checkpoint(name: str, folder: Path) -> Path:
     try:
         relpath = safe_relpath(name)
     except UnsafePathError:
-        raise JobInputError(f"checkpoint: {name!r} must be a file name inside CHECKPOINTS_DIR") from None
+        raise JobInputError("checkpoint", f"{name!r} must be a file name inside CHECKPOINTS_DIR") from None
     if relpath.suffix != ".safetensors":
         # .ckpt files are pickles: loading one can run arbitrary code
-        raise JobInputError(f"checkpoint: {name!r}: only .safetensors checkpoints are loaded")
+        raise JobInputError("checkpoint", f"{name!r}: only .safetensors checkpoints are loaded")
     root = folder.resolve()
     path = root.joinpath(*relpath.parts)
     if not path.resolve().is_relative_to(root):
-        raise JobInputError(f"checkpoint: {name!r} resolves outside CHECKPOINTS_DIR")
+        raise JobInputError("checkpoint", f"{name!r} resolves outside CHECKPOINTS_DIR")
     if not path.is_file():
         available = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors"))[:20]
         raise JobInputError(
-            f"checkpoint: {name!r} is not in {root}; available: {', '.join(available) or 'none'} "
-            "(put the file there, or set CHECKPOINTS_DIR)"
+            "checkpoint",
+            f"{name!r} is not in {root}; available: {', '.join(available) or 'none'} "
+            "(put the file there, or set CHECKPOINTS_DIR)",
         )
     return path
 
@@ -76,7 +77,7 @@ def load_components(path: Path, config_dir: Path, device: str) -> dict[str, Any]
         own = {key: value for key, value in state.items() if key.startswith(prefix)}
         if not own:
             raise JobInputError(
-                f"checkpoint: {path.name} has no {name} weights ({prefix}*); is it an SDXL checkpoint?"
+                "checkpoint", f"{path.name} has no {name} weights ({prefix}*); is it an SDXL checkpoint?"
             )
         modules[name] = create_diffusers_clip_model_from_ldm(cls, own, subfolder=name, **options)
     del state
@@ -96,12 +97,11 @@ class Checkpoints:
         self._modules: dict[str, Any] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, config_dir: Path, device: str) -> Checkpoints:
+    def from_settings(
+        cls, settings: Settings, volume_root: Path, config_dir: Path, device: str
+    ) -> Checkpoints:
         """CHECKPOINTS_DIR, else `<volume>/checkpoints`; configs from the SDXL base folder `config_dir`."""
-        from cache.volume import resolve_volume
-
-        folder = settings.checkpoints_dir or resolve_volume(settings.volume_root).root / "checkpoints"
-        return cls(folder, config_dir, device)
+        return cls(settings.checkpoints_dir or volume_root / "checkpoints", config_dir, device)
 
     def modules(self, name: str) -> dict[str, Any]:
         path = resolve_checkpoint(name, self.folder)
@@ -114,7 +114,7 @@ class Checkpoints:
                 raise
             except (KeyError, ValueError, RuntimeError) as error:  # what diffusers raises on a foreign layout
                 raise JobInputError(
-                    f"checkpoint: {name!r} is not a single-file SDXL checkpoint ({error})"
+                    "checkpoint", f"{name!r} is not a single-file SDXL checkpoint ({error})"
                 ) from error
             self._name = name
             log.info("checkpoint %s loaded in %.1fs", name, time.perf_counter() - started)

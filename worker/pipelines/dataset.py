@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from worker.inputs import InputLimits, VolumeFiles, load_image
+from worker.inputs import InputLimits, load_image
 from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, resolve_seed
 from worker.pipelines.image import encode_image
 from worker.schemas import DatasetJob, OutputFile
@@ -87,7 +87,6 @@ def ip_adapter(pipe: Any, folder: Path, scale: float) -> Iterator[None]:
 
 class DatasetPipeline:
     job_type: ClassVar[str] = "dataset"
-    model_names: ClassVar[tuple[str, ...]] = ("sdxl-base", IP_ADAPTER_MODEL)
 
     def __init__(self) -> None:
         self.image: Any = None
@@ -98,7 +97,7 @@ class DatasetPipeline:
         self.image = env.pipeline("image")
         self.ip_adapter_dir = env.models(IP_ADAPTER_MODEL)
         self.limits = InputLimits.from_settings(env.settings)
-        self.volume = VolumeFiles.from_settings(env.settings, env.store.root)
+        self.volume = env.files
 
     def run(self, job: DatasetJob, ctx: JobContext) -> PipelineOutput:
         seed = resolve_seed(job.seed)

@@ -18,7 +18,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
     "ddim": ("DDIMScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
@@ -52,7 +55,6 @@ class ImagePipeline:
     """SDXL text-to-image. The diffusers pipeline stays resident; other job types borrow it via `.sdxl`."""
 
     job_type: ClassVar[str] = "image"
-    model_names: ClassVar[tuple[str, ...]] = ("sdxl-base",)
 
     def __init__(self) -> None:
         self.sdxl: Any = None
@@ -62,15 +64,16 @@ class ImagePipeline:
         self.checkpoints: Any = None
 
     def load(self, env: LoadEnv) -> None:
-        from worker.inputs import VolumeFiles
         from worker.pipelines.checkpoints import Checkpoints
         from worker.pipelines.image_loras import LoraLoader
 
         self.device = env.device
         self.sdxl = load_sdxl(env.models("sdxl-base"), env.device)
         self._base_scheduler_config = dict(self.sdxl.scheduler.config)
-        self.loras = LoraLoader(env.store, VolumeFiles.from_settings(env.settings, env.store.root))
-        self.checkpoints = Checkpoints.from_settings(env.settings, env.models("sdxl-base"), env.device)
+        self.loras = LoraLoader(env.store, env.files)
+        self.checkpoints = Checkpoints.from_settings(
+            env.settings, env.volume.root, env.models("sdxl-base"), env.device
+        )
 
     def use_scheduler(self, name: str) -> None:
         import diffusers

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.inputs import VolumeFiles
-from worker.schemas import JobInputError, LoraRef
 from worker.job_folders import JobStore
+from worker.schemas import JobInputError, LoraRef
 
 LORA_SUFFIX = ".safetensors"
 
@@ -26,10 +26,10 @@ def training_job_lora(job_id: str, store: JobStore, field: str) -> Path:
     checkpoints = [o for o in outputs if o.get("kind") == "checkpoint"]
     chosen = final or checkpoints
     if not chosen:
-        raise JobInputError(f"{field}: training job {job_id!r} saved no LoRA")
+        raise JobInputError(field, f"training job {job_id!r} saved no LoRA")
     path = store.root / chosen[-1]["relpath"]
     if not path.is_file():
-        raise JobInputError(f"{field}: the LoRA of job {job_id!r} is gone from the volume")
+        raise JobInputError(field, f"the LoRA of job {job_id!r} is gone from the volume")
     return path
 
 
@@ -46,7 +46,7 @@ class LoraLoader:
         path = self.volume.resolve(ref.path or "", f"{field}.path")
         if path.suffix.lower() != LORA_SUFFIX:
             raise JobInputError(
-                f"{field}.path: only {LORA_SUFFIX} files are loaded (pickled weights can run code)"
+                f"{field}.path", f"only {LORA_SUFFIX} files are loaded (pickled weights can run code)"
             )
         return path
 
@@ -67,7 +67,9 @@ class LoraLoader:
                 try:
                     pipe.load_lora_weights(str(path), adapter_name=name)
                 except (ValueError, KeyError, RuntimeError, OSError) as error:
-                    raise JobInputError(f"loras.{index}: not a LoRA for this SDXL model ({error})") from None
+                    raise JobInputError(
+                        f"loras.{index}", f"not a LoRA for this SDXL model ({error})"
+                    ) from None
             pipe.set_adapters(names, adapter_weights=[ref.scale for ref in refs])
             yield names
         finally:

@@ -22,7 +22,6 @@ def write_audio(path: Path, waveform: Any, sample_rate: int, fmt: str) -> None:
 
 class MusicPipeline:
     job_type: ClassVar[str] = "music"
-    model_names: ClassVar[tuple[str, ...]] = ("heartmula",)
 
     def __init__(self) -> None:
         self.generator: Any = None
@@ -33,10 +32,12 @@ class MusicPipeline:
         self.generator = MusicGenerator.from_pretrained(env.models("heartmula"), device=env.device)
 
     def run(self, job: MusicJob, ctx: JobContext) -> PipelineOutput:
-        from worker.music.generator import GenerationCancelled
+        from worker.music.generator import GenerationCancelled, GenerationInputError
 
         if job.duration_s > self.generator.max_duration_s:
-            raise JobInputError(f"duration_s: at most {self.generator.max_duration_s:g} s for this model's context")
+            raise JobInputError(
+                "duration_s", f"at most {self.generator.max_duration_s:g} s for this model's context"
+            )
         seed = resolve_seed(job.seed)
 
         def on_progress(phase: str, done: int, total: int) -> None:
@@ -57,8 +58,8 @@ class MusicPipeline:
             )
         except GenerationCancelled as cancelled:
             raise JobCancelled(str(cancelled)) from cancelled
-        except ValueError as invalid:  # the generator names the field: "<field>: <problem>"
-            raise JobInputError(str(invalid)) from invalid
+        except GenerationInputError as invalid:
+            raise JobInputError(invalid.field, invalid.reason) from invalid
         ctx.check_cancelled()
         sample_rate = self.generator.sample_rate
         channels, samples = result.waveform.shape
@@ -80,5 +81,10 @@ class MusicPipeline:
                 "codec_s": round(result.codec_s, 3),
                 "rtf": round(compute_s / duration_s, 4) if duration_s else 0.0,
             },
-            fields={"seed": seed, "sample_rate": sample_rate, "channels": channels, "duration_s": round(duration_s, 3)},
+            fields={
+                "seed": seed,
+                "sample_rate": sample_rate,
+                "channels": channels,
+                "duration_s": round(duration_s, 3),
+            },
         )

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from worker.inputs import InputLimits, VolumeFiles
+from worker.inputs import InputLimits
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, PipelineOutput, resolve_seed
 from worker.schemas import OutputFile, TrainingJob
 
@@ -31,7 +31,6 @@ BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 class TrainingPipeline:
     job_type: ClassVar[str] = "training"
-    model_names: ClassVar[tuple[str, ...]] = ("sdxl-base",)
 
     def __init__(self) -> None:
         self.image: Any = None
@@ -41,7 +40,7 @@ class TrainingPipeline:
         self.env = env
         self.image = env.pipeline("image")
         self.limits = InputLimits.from_settings(env.settings)
-        self.volume = VolumeFiles.from_settings(env.settings, env.store.root)
+        self.volume = env.files
 
     def run(self, job: TrainingJob, ctx: JobContext) -> PipelineOutput:
         from worker.training.data import TrainingData, load_examples

@@ -54,16 +54,18 @@ def examples_from_folder(
     """Every image in `folder` (not recursive) with its same-name `.txt` caption, in name order."""
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise JobInputError(f"{field}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder.name!r}")
+        raise JobInputError(field, f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder.name!r}")
     if len(images) > MAX_TRAINING_IMAGES:
-        raise JobInputError(f"{field}: at most {MAX_TRAINING_IMAGES} images, the folder has {len(images)}")
+        raise JobInputError(field, f"at most {MAX_TRAINING_IMAGES} images, the folder has {len(images)}")
     examples = []
     for path in images:
-        where = f"{field}: {path.name}"
+        where = f"{field}[{path.name}]"
         caption_file = path.with_suffix(CAPTION_SUFFIX)
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
         if not caption and not trigger_word:
-            raise JobInputError(f"{where} has no caption ({caption_file.name}); add one or give trigger_word")
+            raise JobInputError(
+                field, f"{path.name} has no caption ({caption_file.name}); add one or give trigger_word"
+            )
         examples.append(
             Example(
                 path.name, partial(_decode_file, path, where, limits), with_trigger(caption, trigger_word)

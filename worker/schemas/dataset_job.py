@@ -1,0 +1,46 @@
+"""The dataset job: images of one subject with same-name captions, ready for LoRA training."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from worker.schemas.common import MAX_PROMPT_CHARS, Seed, Side, StrictInput, multiple_of_8
+from worker.schemas.image_job import IMAGE_SCHEDULERS
+
+
+class DatasetJob(StrictInput):
+    """Images of one subject with same-name caption files: `dataset/0001.png` + `0001.txt`, ready for training."""
+
+    type: Literal["dataset"] = "dataset"
+    subject: str = Field(min_length=1, max_length=500, description="Who or what, e.g. 'a red-haired woman'.")
+    trigger_word: str = Field(
+        default="ohwx", min_length=1, max_length=64, pattern=r"^[^,\n]+$", description="Starts every caption."
+    )
+    prompts: list[Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Prompt templates, cycled; '{subject}' is replaced (prepended when absent). Default: varied shots.",
+    )
+    num_images: int = Field(default=20, ge=1, le=200)
+    seed: Seed = None
+    width: Side = 1024
+    height: Side = 1024
+    steps: int = Field(default=30, ge=1, le=150)
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
+    negative_prompt: str = Field(
+        default="blurry, lowres, deformed, disfigured, watermark, text, multiple people",
+        max_length=MAX_PROMPT_CHARS,
+    )
+    scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
+    reference_image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="URL, base64 or volume path: keeps this subject's identity (IP-Adapter).",
+    )
+    reference_strength: float = Field(default=0.6, ge=0.0, le=1.0, description="IP-Adapter scale.")
+    zip: bool = Field(default=False, description="Also write dataset.zip.")
+
+    _check_width = field_validator("width", "height")(multiple_of_8)

@@ -1,0 +1,94 @@
+"""The training job: a LoRA for the SDXL base, trained on a folder of captioned images."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from worker.schemas.common import MAX_PROMPT_CHARS, Seed, StrictInput
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_MAX_CAPTION_CHARS = 2000
+MAX_TRAINING_IMAGES = 2000  # a static bound; MAX_INLINE_IMAGES bounds inline images at run time
+
+
+class TrainingImage(StrictInput):
+    """One inline training image and its caption."""
+
+    image: str = Field(min_length=1, description="URL, base64 or volume path.")
+    caption: str = Field(min_length=1, max_length=_MAX_CAPTION_CHARS)
+
+
+class TrainingJob(StrictInput):
+    """A LoRA for the SDXL base, trained on a folder of images with same-name .txt captions."""
+
+    type: Literal["training"] = "training"
+    dataset_job_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="A dataset job's id."
+    )
+    dataset_path: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="A volume folder."
+    )
+    images: list[TrainingImage] | None = Field(default=None, min_length=1, max_length=MAX_TRAINING_IMAGES)
+    trigger_word: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Prepended to captions that lack it; the caption of images that have none.",
+    )
+    name: str = Field(default="lora", pattern=_NAME, description="The LoRA's file name.")
+    rank: int = Field(default=16, ge=1, le=256)
+    alpha: float | None = Field(default=None, gt=0.0, le=1024.0, description="Default: rank (scale 1).")
+    steps: int = Field(default=500, ge=1, le=20000)
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=0.1)
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0, le=5000)
+    batch_size: int = Field(default=1, ge=1, le=16)
+    resolution: int = Field(
+        default=1024, ge=64, le=2048, description="Square training size, a multiple of 64."
+    )
+    train_text_encoder: bool = False
+    mixed_precision: Literal["bf16", "no"] = Field(
+        default="bf16", description="bf16 autocast on a GPU; fp32 on CPU."
+    )
+    gradient_checkpointing: bool = True
+    cache_latents: bool = Field(default=True, description="Encode each image once instead of every step.")
+    caption_dropout: float = Field(default=0.0, ge=0.0, le=0.5)
+    seed: Seed = None
+    checkpoint_every: int = Field(
+        default=0, ge=0, le=20000, description="Save a checkpoint every N steps; 0: never."
+    )
+    sample_every: int = Field(
+        default=0, ge=0, le=20000, description="Sample an image every N steps; 0: never."
+    )
+    sample_prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    sample_steps: int = Field(default=20, ge=1, le=100)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_64(cls, value: int) -> int:
+        if value % 64:
+            raise ValueError(
+                f"must be a multiple of 64 (got {value}; nearest: {max(64, round(value / 64) * 64)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> TrainingJob:
+        given = [
+            name for name in ("dataset_job_id", "dataset_path", "images") if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of dataset_job_id, dataset_path or images (got {given or 'none'})"
+            )
+        return self
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_below_steps(cls, value: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if value and steps is not None and value >= steps:
+            raise ValueError(f"must be less than steps ({steps})")
+        return value
