@@ -42,12 +42,12 @@ def upload(
     )
 
 
-def raw_get(url: str, path: str) -> int:
-    """GET with the path sent byte for byte (requests would normalise '..')."""
+def raw_get(url: str, path: str, method: str = "GET") -> int:
+    """A request with the path sent byte for byte (requests would normalise '..')."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        connection.request("GET", path, headers=AUTH)
+        connection.request(method, path, headers=AUTH)
         return connection.getresponse().status
     finally:
         connection.close()
@@ -169,7 +169,45 @@ def test_cleanup_removes_only_that_job_folder(url: str, volume: Path) -> None:
     assert not (volume / "job_data" / "job-clean").exists()
     assert (volume / "job_data" / "job-keep" / "inputs" / "b.png").exists()
     assert requests.post(f"{url}/cleanup/job-clean", headers=AUTH, timeout=5).status_code == 404
-    assert raw_get(url, "/cleanup/..") in (400, 404, 405)
+
+
+@pytest.mark.parametrize("job_id", ["..", ".", "x%0A", "%2E%2E", ".hidden"])
+def test_cleanup_refuses_ids_that_are_not_job_folders(url: str, volume: Path, job_id: str) -> None:
+    # a POST, the route's own method: without the id check `..` would empty the volume root
+    (volume / "keep.txt").write_text("keep")
+    assert upload(url, "job-stays", "c.png", b"c").status_code == 201
+    assert raw_get(url, f"/cleanup/{job_id}", method="POST") == 400
+    assert (volume / "keep.txt").read_text() == "keep"
+    assert (volume / "job_data" / "job-stays" / "inputs" / "c.png").exists()
+
+
+def test_a_job_folder_that_is_a_link_is_refused_for_upload_download_and_cleanup(
+    url: str, volume: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "inputs").mkdir()
+    (outside / "inputs" / "theirs.txt").write_text("not the volume's")
+    (volume / "job_data").mkdir(exist_ok=True)
+    (volume / "job_data" / "job-sym").symlink_to(outside)
+    answer = upload(url, "job-sym", "face.png", b"png")
+    assert answer.status_code == 400 and "symbolic link" in answer.text, answer.text
+    assert sorted(p.name for p in (outside / "inputs").iterdir()) == ["theirs.txt"]
+    got = requests.get(f"{url}/download/job-sym/inputs/theirs.txt", headers=AUTH, timeout=5)
+    assert got.status_code == 400
+    cleaned = requests.post(f"{url}/cleanup/job-sym", headers=AUTH, timeout=5)
+    assert cleaned.status_code == 400, cleaned.text
+    assert (outside / "inputs" / "theirs.txt").exists()
+
+
+def test_job_ids_with_a_trailing_newline_are_refused(url: str, volume: Path) -> None:
+    assert upload(url, "job-nl\n", "f.png", b"x").status_code == 400
+    assert not (volume / "job_data" / "job-nl\n").exists()
+
+
+def test_a_download_name_over_255_bytes_is_a_400(url: str) -> None:
+    got = requests.get(f"{url}/download/job-1/{'a' * 300}.png", headers=AUTH, timeout=5)
+    assert got.status_code == 400 and "255 bytes" in got.json()["error"]
+    assert raw_get(url, f"/download/{'b' * 300}/x.png") == 400
 
 
 def test_clean_filename() -> None:

@@ -67,7 +67,9 @@ def test_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     assert seen <= {b"aa" + len(old).to_bytes(4, "big"), b"bb" + len(new).to_bytes(4, "big")}
 
 
-@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "a/./b", "", "a\\..\\b", "a//b", "x\x00y"])
+@pytest.mark.parametrize(
+    "name", ["../x", "/etc/passwd", "a/../../x", "a/./b", "", "a\\..\\b", "a//b", "x\x00y"]
+)
 def test_unsafe_file_names_are_refused(tmp_path: Path, name: str) -> None:
     folder = JobStore(tmp_path).job("job-1")
     with pytest.raises(UnsafePathError):
@@ -86,7 +88,9 @@ def test_symlink_escape_is_refused(tmp_path: Path) -> None:
     assert not (outside / "x").exists()
 
 
-@pytest.mark.parametrize("job_id", ["..", ".", "../up", "a/b", "", "-x", "x" * 129, "a..b", "/abs"])
+@pytest.mark.parametrize(
+    "job_id", ["..", ".", "../up", "a/b", "", "-x", "x" * 129, "a..b", "/abs", "x\n", "x\r", "x\n\n", None, 7]
+)
 def test_unsafe_job_ids_are_refused(tmp_path: Path, job_id: str) -> None:
     with pytest.raises(UnsafePathError, match="^id: "):
         JobStore(tmp_path).job(job_id)
@@ -129,3 +133,25 @@ def test_result_json_is_valid_json(tmp_path: Path) -> None:
     folder.begin()
     folder.write_result({"b": 1, "a": [1, 2]})
     assert json.loads((folder.path / RESULT_FILE).read_text()) == {"a": [1, 2], "b": 1}
+
+
+def test_a_refused_job_id_is_quoted_only_in_part(tmp_path: Path) -> None:
+    with pytest.raises(UnsafePathError) as caught:
+        JobStore(tmp_path).job("a" * 2_000_000)
+    assert len(str(caught.value)) < 300
+    assert "(2000000 characters)" in str(caught.value)
+
+
+def test_a_job_folder_that_is_a_link_is_not_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / RESULT_FILE).write_text("{}")
+    store = JobStore(tmp_path / "data")
+    store.root.mkdir()
+    (store.root / "job-link").symlink_to(outside)
+    folder = store.job("job-link")
+    with pytest.raises(UnsafePathError, match=r"^id: .*symbolic link"):
+        folder.begin()
+    with pytest.raises(UnsafePathError, match=r"^id: .*symbolic link"):
+        folder.write_bytes("a.txt", b"x", kind="text")
+    assert sorted(p.name for p in outside.iterdir()) == [RESULT_FILE]

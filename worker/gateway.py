@@ -31,12 +31,14 @@ from cache.volume import POD_MOUNT, SERVERLESS_MOUNT, resolve_volume
 from worker.config import Settings
 from worker.job_folders import JobStore, UnsafePathError, safe_relpath, validate_job_id
 from worker.logs import configure_logging
+from worker.schemas.common import quoted
 
 log = logging.getLogger(__name__)
 
 UPLOAD_FOLDER = "inputs"
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME = 128
+_MAX_COMPONENT_BYTES = 255  # longer names make the file system raise ENAMETOOLONG
 
 
 class _TooLarge(Exception):
@@ -55,7 +57,9 @@ def clean_filename(name: str) -> str:
             else cleaned[:_MAX_NAME]
         )
     if not cleaned:
-        raise UnsafePathError(f"file name {name!r}: nothing usable is left after removing unsafe characters")
+        raise UnsafePathError(
+            f"file name {quoted(name)}: nothing usable is left after removing unsafe characters"
+        )
     return cleaned
 
 
@@ -79,14 +83,22 @@ class JobFiles:
                 break
         else:
             if text.startswith("/"):
-                raise UnsafePathError(f"{requested!r}: only files in the volume's job folders are served")
+                raise UnsafePathError(
+                    f"{quoted(requested)}: only files in the volume's job folders are served"
+                )
         relpath = safe_relpath(text)
+        if any(len(part.encode()) > _MAX_COMPONENT_BYTES for part in relpath.parts):
+            raise UnsafePathError(
+                f"{quoted(requested)}: a name in the path is over {_MAX_COMPONENT_BYTES} bytes"
+            )
         if len(relpath.parts) < 2 or any(part.startswith(".") for part in relpath.parts):
-            raise UnsafePathError(f"{requested!r}: give '<job id>/<file>' (files in progress are not served)")
+            raise UnsafePathError(
+                f"{quoted(requested)}: give '<job id>/<file>' (files in progress are not served)"
+            )
         validate_job_id(relpath.parts[0])
         target = self.root.joinpath(*relpath.parts)
         if not target.resolve().is_relative_to(self.root / relpath.parts[0]):
-            raise UnsafePathError(f"{requested!r}: resolves outside its job folder")
+            raise UnsafePathError(f"{quoted(requested)}: resolves outside its job folder")
         return target
 
     def pod_path(self, relpath: str) -> str:
@@ -179,12 +191,13 @@ def create_app(settings: Settings, job_data: Path) -> Starlette:
         return FileResponse(target, filename=target.name)
 
     async def cleanup(request: Request) -> Response:
-        job_id = validate_job_id(request.path_params["worker_job_id"])
-        folder = files.root / job_id
-        if not folder.is_dir():
+        folder = files.store.job(request.path_params["worker_job_id"])
+        folder.check_inside()  # rmtree refuses a link, but only after the check a caller should get as a 400
+        job_id = folder.job_id
+        if not folder.path.is_dir():
             return _error(404, "Job directory not found")
-        await run_in_threadpool(shutil.rmtree, folder)
-        log.info("cleaned up %s", folder)
+        await run_in_threadpool(shutil.rmtree, folder.path)
+        log.info("cleaned up %s", folder.path)
         return JSONResponse({"message": f"Successfully cleaned up files for job {job_id}"})
 
     routes = [

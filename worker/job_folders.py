@@ -17,9 +17,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from worker.schemas import JobInputError, OutputFile
+from worker.schemas.common import quoted
 
 RESULT_FILE = "result.json"
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole: `$` would let a final "\n" through
 _CHUNK = 1 << 20
 
 
@@ -49,9 +50,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def validate_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id) or ".." in job_id:
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id) or ".." in job_id:
         raise UnsafePathError(
-            f"id: {job_id!r} is not a valid job id; use 1-128 letters, digits, '.', '_' or '-', "
+            f"id: {quoted(job_id)} is not a valid job id; use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return job_id
@@ -80,12 +81,20 @@ class JobFolder:
 
     def resolve(self, relpath: str) -> Path:
         target = self.path.joinpath(*safe_relpath(relpath).parts)
+        self.check_inside()
         if not target.resolve().is_relative_to(self.path.resolve()):
-            raise UnsafePathError(f"file name {relpath!r}: resolves outside the job folder")
+            raise UnsafePathError(f"file name {quoted(relpath)}: resolves outside the job folder")
         return target
+
+    def check_inside(self) -> None:
+        """Refuse a job folder that is a symbolic link: everything written or removed through it would land
+        wherever the link points, possibly outside the volume."""
+        if self.path.is_symlink():
+            raise UnsafePathError(f"id: the folder of job {self.job_id!r} is a symbolic link; refused")
 
     def begin(self) -> None:
         """Create the folder and withdraw a previous run's `result.json`, so no reader trusts stale outputs."""
+        self.check_inside()
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / RESULT_FILE).unlink(missing_ok=True)
 

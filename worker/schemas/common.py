@@ -66,3 +66,15 @@ def validation_issues(error: ValidationError) -> list[FieldIssue]:
             message = "unknown field"
         issues.append(FieldIssue(field, message.removeprefix("Value error, ")))
     return issues
+
+
+QUOTE_CHARS = 60  # a refused value is quoted at most this long: errors and log lines stay short
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`repr` of a caller's value, cut to a short prefix (with its full length) so an error never echoes a
+    megabyte of input back."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    return f"{text[:limit]!r}… ({len(text)} characters)"
