@@ -40,13 +40,13 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 # The rest of the dependency stack, resolved from pyproject.toml against stub packages (an empty README as well:
 # setuptools reads it, and README edits must not invalidate this layer). Naming torch again keeps the CUDA build.
-# The bucket extra (boto3): outputs go to an S3 bucket when the endpoint sets BUCKET_*. Versions: pyproject's bounds.
+# The server extra is the worker's whole stack (the bare package is the light client). Versions: pyproject's bounds.
 WORKDIR /app
 COPY pyproject.toml ./
 # hadolint ignore=DL3013
-RUN mkdir -p worker cache \
- && touch README.md worker/__init__.py cache/__init__.py \
- && pip install ".[bucket]" "torch==${TORCH_VERSION}" \
+RUN mkdir -p worker_client worker cache \
+ && touch README.md worker_client/__init__.py worker/__init__.py cache/__init__.py \
+ && pip install ".[server]" "torch==${TORCH_VERSION}" \
  && pip uninstall -y gpu-worker \
  && rm -rf /app/*
 
@@ -61,6 +61,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Catalog names, space or comma separated: sdxl-base, ip-adapter-sdxl, heartmula. Empty: nothing baked.
 ARG BAKE_MODELS=""
 COPY cache/ /app/cache/
+COPY worker_client/ /app/worker_client/
 COPY worker/__init__.py worker/config.py /app/worker/
 # The Hugging Face token, when one is needed, comes from a BuildKit secret: never in a layer or the image history.
 # --profile production: the build has no GPU, and MODEL_PROFILE=auto would pick the tiny models. The Hugging Face

@@ -146,7 +146,7 @@ def local_api_server(env: Mapping[str, str]) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def celery_worker(env: Mapping[str, str], app: str = "worker.celery_tasks") -> Iterator[ServerProcess]:
+def celery_worker(env: Mapping[str, str], app: str = "worker_client.celery_tasks") -> Iterator[ServerProcess]:
     """A Celery worker process (prefork, one child) for `app`; ready once it answers a ping."""
     argv = [
         sys.executable,

@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from tests.servers import moto_s3
-from worker.client import EndpointClient
+from worker_client import EndpointClient
 from worker.config import ConfigError, Settings
-from worker.fetch import VolumeS3
+from worker_client.outputs import VolumeS3
 from worker.job_folders import JobStore
 from worker.schemas import JobInputError
 from worker.uploads import UploadError, bucket_for, upload_outputs

@@ -11,7 +11,7 @@ from celery import Celery
 
 from tests.fake_runpod_api import FakeRunpodApi
 from tests.servers import celery_worker, redis_server
-from worker.client import JobFailedError
+from worker_client import JobFailedError
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def producer(api: FakeRunpodApi, broker: str, tmp_path_factory: pytest.TempPathF
 
 
 def send(producer: Celery, task: str, job_input: dict[str, Any]) -> Any:
-    return producer.send_task(f"worker.celery_tasks.{task}", args=[job_input])
+    return producer.send_task(f"worker_client.celery_tasks.{task}", args=[job_input])
 
 
 def completed(job_id: str) -> dict[str, Any]:
@@ -99,11 +99,11 @@ def test_revoking_a_running_task_cancels_the_runpod_job(producer: Celery, api: F
 
 
 def test_the_module_imports_and_lists_its_tasks() -> None:
-    from worker import celery_tasks
+    from worker_client import celery_tasks
 
     celery_tasks.app.loader.import_default_modules()
-    names = {name for name in celery_tasks.app.tasks if name.startswith("worker.celery_tasks.")}
+    names = {name for name in celery_tasks.app.tasks if name.startswith("worker_client.celery_tasks.")}
     assert names == {
-        f"worker.celery_tasks.{n}"
+        f"worker_client.celery_tasks.{n}"
         for n in ("generate_image", "generate_dataset", "train_lora", "generate_music")
     }

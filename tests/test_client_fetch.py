@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from tests.servers import gateway
-from worker.client import ClientError, EndpointClient
-from worker.endpoints import microservice_endpoints, output_source
-from worker.fetch import BucketUrls, GatewayFiles, MountedVolume, VolumeS3
+from worker_client import ClientError, EndpointClient
+from worker_client.endpoints import microservice_endpoints, output_source
+from worker_client.outputs import BucketUrls, GatewayFiles, MountedVolume, VolumeS3
 from worker.job_folders import JobStore
 
 

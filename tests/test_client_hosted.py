@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fake_runpod_api import FakeRunpodApi
-from worker.client import (
+from worker_client import (
     EndpointClient,
     JobCancelledError,
     JobFailedError,
@@ -164,7 +164,7 @@ def test_hosted_urls_and_key_are_required() -> None:
 
 def test_client_modules_import_without_torch_celery_or_boto3() -> None:
     code = (
-        "import sys, worker.client, worker.fetch, worker.endpoints; "
+        "import sys, worker_client, worker_client.outputs, worker_client.endpoints; "
         "heavy = [m for m in ('torch', 'celery', 'boto3', 'diffusers') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

@@ -14,7 +14,7 @@ from celery import Celery
 from PIL import Image
 
 from tests.servers import celery_worker, local_api_server, moto_s3, redis_server
-from worker.client import EndpointClient, JobCancelledError, JobFailedError
+from worker_client import EndpointClient, JobCancelledError, JobFailedError
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def test_a_celery_task_runs_an_image_job_end_to_end(
         }
         with celery_worker(env):
             producer = Celery("test-producer", broker=broker, backend=broker)
-            answer = producer.send_task("worker.celery_tasks.generate_image", args=[IMAGE]).get(timeout=120)
+            answer = producer.send_task("worker_client.celery_tasks.generate_image", args=[IMAGE]).get(timeout=120)
     [path] = answer["files"]
     assert Path(path) == tmp_path / "fetched" / answer["job_id"] / "image_00.png"
     with Image.open(path) as image:

@@ -35,6 +35,7 @@ TESTS = ROOT / ".runpod" / "tests.json"
 README = ROOT / "README.md"
 SCANNED = [
     ROOT / "handler.py",
+    *sorted((ROOT / "worker_client").rglob("*.py")),
     *sorted((ROOT / "worker").rglob("*.py")),
     *sorted((ROOT / "cache").rglob("*.py")),
 ]
@@ -416,7 +417,7 @@ def test_torch_comes_from_the_cuda_wheels_before_the_code(dockerfile):
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     torch_req = next(
-        Requirement(r) for r in pyproject["project"]["dependencies"] if Requirement(r).name == "torch"
+        Requirement(r) for r in pyproject["project"]["optional-dependencies"]["server"] if Requirement(r).name == "torch"
     )
     assert torch_req.specifier.contains(version), f"torch {version} does not satisfy pyproject's {torch_req}"
     setup = (ROOT / "scripts" / "setup.sh").read_text()

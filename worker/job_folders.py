@@ -13,19 +13,16 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from worker.schemas import JobInputError, OutputFile
 from worker.schemas.common import quoted
+from worker_client.relpaths import UnsafePathError, safe_relpath
 
 RESULT_FILE = "result.json"
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole: `$` would let a final "\n" through
 _CHUNK = 1 << 20
-
-
-class UnsafePathError(ValueError):
-    """A job id or file name that would leave the job_data folder."""
 
 
 def _sha256(path: Path) -> str:
@@ -56,18 +53,6 @@ def validate_job_id(job_id: str) -> str:
             "starting with a letter or digit"
         )
     return job_id
-
-
-def safe_relpath(relpath: str) -> PurePosixPath:
-    """A relative path that stays inside its base folder: no absolute paths, no '..', no empty parts."""
-    if not isinstance(relpath, str) or not relpath or "\\" in relpath or "\x00" in relpath:
-        raise UnsafePathError(f"file name {relpath!r}: not a valid relative path")
-    path = PurePosixPath(relpath)
-    if path.is_absolute() or any(part in ("", ".", "..") for part in relpath.split("/")):
-        raise UnsafePathError(
-            f"file name {relpath!r}: must be relative and must not contain '.' or '..' parts"
-        )
-    return path
 
 
 class JobFolder:

@@ -141,6 +141,7 @@ class Worker:
         `{"error": "..."}`, never an exception."""
         job_id = job.get("id", "") if isinstance(job, dict) else ""
         folder: JobFolder | None = None
+        request: JobRequest | None = None
         try:
             request = read_request(job, self.settings, self.jobs)
             log.info("job %s: %s started", job_id, request.type)
@@ -171,7 +172,12 @@ class Worker:
             answer = self._deliver(request, folder, result)
             log.info("job %s: done, %d file(s) in %.2fs", job_id, len(output.outputs), metrics["run_s"])
             return answer
-        except (JobInputError, UnsafePathError) as error:
+        except JobInputError as error:
+            if request is not None and request.envelope is not None:
+                error = request.envelope.explain(error)  # Morpheus's names for its params, wherever refused
+            log.info("job %s: refused: %s", job_id, error)
+            return {"error": str(error)}
+        except UnsafePathError as error:
             log.info("job %s: refused: %s", job_id, error)
             return {"error": str(error)}
         except uploads.UploadError as error:

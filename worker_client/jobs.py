@@ -15,13 +15,22 @@ class JobType:
 
     name: str
     summary: str
+    celery_task: str  # the Celery task that runs it for Morpheus
+    wait_timeout_s: float  # how long that task waits for the job by default
 
 
 REGISTRY: tuple[JobType, ...] = (
-    JobType("music", "lyrics and style tags to a song"),
-    JobType("image", "text to image, with LoRAs and single-file checkpoints"),
-    JobType("dataset", "images of one subject with same-name captions, ready for LoRA training"),
-    JobType("training", "a LoRA trained on a dataset, as kohya-compatible .safetensors"),
+    JobType("music", "lyrics and style tags to a song", "generate_music", 1800.0),
+    JobType("image", "text to image, with LoRAs and single-file checkpoints", "generate_image", 1800.0),
+    JobType(
+        "dataset",
+        "images of one subject with same-name captions, ready for training",
+        "generate_dataset",
+        3600.0,
+    ),
+    JobType(
+        "training", "a LoRA trained on a dataset, as kohya-compatible .safetensors", "train_lora", 4 * 3600.0
+    ),
 )
 
 JOB_TYPES: tuple[str, ...] = tuple(job.name for job in REGISTRY)

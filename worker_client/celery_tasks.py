@@ -1,10 +1,10 @@
 """Celery tasks that drive the endpoint for Morpheus: submit a job, wait, fetch its files, return local paths.
 
-    celery -A worker.celery_tasks worker --pool prefork     # broker: CELERY_BROKER_URL
+    celery -A worker_client.celery_tasks worker --pool prefork     # broker: CELERY_BROKER_URL
 
 Each task takes a job input (this worker's fields, or Morpheus's `workflow_name` envelope) and returns
 `{"job_id", "result", "files"}`: the RunPod job id, the worker's result (Morpheus's `*_pod_path` keys included)
-and the local paths of its files under `FETCH_DIR/<job id>/`. Endpoints come from `worker.endpoints` (the same
+and the local paths of its files under `FETCH_DIR/<job id>/`. Endpoints come from `worker_client.endpoints` (the same
 environment variables as Morpheus's config). Network errors, 5xx and 429 retry the task, which then resumes
 waiting on the same RunPod job instead of submitting it again. Revoking a running task with `terminate=True`
 (prefork pool) cancels its RunPod job. Celery is an optional extra: `pip install '.[celery]'`.
@@ -23,9 +23,11 @@ from typing import Any
 from celery import Celery, Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.client import ClientError, EndpointClient, TransientError
-from worker.config import ClientSettings
-from worker.endpoints import microservice_endpoints
+from worker_client.client_settings import ClientSettings
+from worker_client.endpoint_client import EndpointClient
+from worker_client.endpoints import microservice_endpoints
+from worker_client.exceptions import ClientError, TransientError
+from worker_client.jobs import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 
-WAIT_TIMEOUT_S = {"image": 1800.0, "dataset": 3600.0, "training": 4 * 3600.0, "music": 1800.0}
+WAIT_TIMEOUT_S = {job.name: job.wait_timeout_s for job in REGISTRY}
 MAX_RETRIES = 5
 
 
@@ -138,10 +140,9 @@ def _task(job_type: str, name: str) -> Task:
 
     run.__name__ = run.__qualname__ = name
     run.__doc__ = f"Run a {job_type} job on the endpoint; its result and the local paths of its files."
-    return shared_task(bind=True, name=f"worker.celery_tasks.{name}", max_retries=MAX_RETRIES)(run)
+    return shared_task(bind=True, name=f"{__name__}.{name}", max_retries=MAX_RETRIES)(run)
 
 
-generate_image = _task("image", "generate_image")
-generate_dataset = _task("dataset", "generate_dataset")
-train_lora = _task("training", "train_lora")
-generate_music = _task("music", "generate_music")
+# one task per job type, named by the registry (generate_image, generate_dataset, train_lora, generate_music)
+TASKS: dict[str, Task] = {job.name: _task(job.name, job.celery_task) for job in REGISTRY}
+globals().update({job.celery_task: TASKS[job.name] for job in REGISTRY})

@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import requests
 
-from worker.client import ClientError, TransientError
-from worker.job_folders import UnsafePathError, safe_relpath
+from worker_client.exceptions import ClientError, TransientError
+from worker_client.relpaths import UnsafePathError, safe_relpath
 
 _CHUNK = 1 << 20
 

@@ -2,7 +2,7 @@
 
 In Morpheus's `config.py`:
 
-    from worker.endpoints import microservice_endpoints
+    from worker_client.endpoints import microservice_endpoints
     MICROSERVICE_ENDPOINTS = microservice_endpoints()
 
 `RUNPOD_ENDPOINT_ID` serves every job type; `RUNPOD_ENDPOINT_ID_<TYPE>` (IMAGE, DATASET, TRAINING, MUSIC) sends one
@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from worker.client import ClientError, EndpointClient
-from worker.config import JOB_TYPES, ClientSettings
-from worker.fetch import BucketUrls, GatewayFiles, MountedVolume, OutputSource, VolumeS3
+from worker_client.client_settings import ClientSettings
+from worker_client.endpoint_client import EndpointClient
+from worker_client.exceptions import ClientError
+from worker_client.jobs import JOB_TYPES
+from worker_client.outputs import BucketUrls, GatewayFiles, MountedVolume, OutputSource, VolumeS3
 
 OUTPUT_SOURCES = ("auto", "url", "mount", "volume-s3", "gateway")
 

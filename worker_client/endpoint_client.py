@@ -5,7 +5,7 @@ server of `python handler.py --rp_serve_api`, whose `/status/<id>` is a POST tha
 client runs that call in a background thread so `status` and `wait` behave the same on both.
 
 Imports neither torch nor celery nor boto3: Morpheus's web and Celery processes use it without the GPU stack.
-Where `fetch` reads the output files from is an `OutputSource` (worker/fetch.py).
+Where `fetch` reads the output files from is an `OutputSource` (worker_client/outputs.py).
 """
 
 from __future__ import annotations
@@ -13,18 +13,24 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import requests
 
-if TYPE_CHECKING:
-    from worker.fetch import OutputSource
+from worker_client.exceptions import (
+    JOB_ERRORS,
+    ClientError,
+    PayloadTooLargeError,
+    RequestError,
+    TransientError,
+    WaitTimeoutError,
+)
+from worker_client.outputs import BucketUrls, OutputSource, fetch_outputs
 
 log = logging.getLogger(__name__)
 
@@ -32,80 +38,6 @@ HOSTED_API = "https://api.runpod.ai/v2"
 RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod refuses bigger /run bodies
 RUNSYNC_LIMIT_BYTES = 20 * 1024 * 1024
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
-_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
-
-
-class ClientError(Exception):
-    """Anything the client could not do; the message says what to change."""
-
-
-class PayloadTooLargeError(ClientError):
-    """The request body is over RunPod's limit for the route."""
-
-
-class RequestError(ClientError):
-    """The API refused the request (4xx other than 429): retrying the same request will not help."""
-
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message, status_code)  # all fields in args: Celery rebuilds errors as cls(*args)
-        self.message = message
-        self.status_code = status_code
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class TransientError(ClientError):
-    """A network error, a 5xx, or a 429 that outlasted the retries: the same call may succeed later."""
-
-
-class WaitTimeoutError(ClientError):
-    """The client stopped waiting; the job may still be running (`job_id` is None when the server never said)."""
-
-    def __init__(self, message: str, job_id: str | None) -> None:
-        super().__init__(message, job_id)
-        self.message = message
-        self.job_id = job_id
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class JobError(ClientError):
-    """The job ended without a result. `error` is the worker's text, `fields` the input fields it names."""
-
-    def __init__(self, job_id: str, status: str, error: str) -> None:
-        super().__init__(job_id, status, error)
-        self.job_id = job_id
-        self.status = status
-        self.error = error
-
-    def __str__(self) -> str:
-        return f"job {self.job_id} {self.status}: {self.error}"
-
-    @property
-    def fields(self) -> list[str]:
-        """The fields named by a refused input (`"width: must be a multiple of 8; steps: ..."`)."""
-        return [m.group(1) for clause in self.error.split("; ") if (m := _FIELD.match(clause))]
-
-
-class JobFailedError(JobError):
-    """FAILED: a refused input or an error in the worker."""
-
-
-class JobCancelledError(JobError):
-    """CANCELLED: someone cancelled the job."""
-
-
-class JobTimedOutError(JobError):
-    """TIMED_OUT: RunPod stopped the job at the endpoint's execution timeout."""
-
-
-_JOB_ERRORS: dict[str, type[JobError]] = {
-    "FAILED": JobFailedError,
-    "CANCELLED": JobCancelledError,
-    "TIMED_OUT": JobTimedOutError,
-}
 
 
 @dataclass(frozen=True)
@@ -126,7 +58,7 @@ class JobStatus:
         """The output of a COMPLETED job; a typed `JobError` for the other final states."""
         if self.status == "COMPLETED":
             return self.output
-        error_cls = _JOB_ERRORS.get(self.status)
+        error_cls = JOB_ERRORS.get(self.status)
         if error_cls is None:
             raise ClientError(f"job {self.id} is {self.status}, not finished yet")
         raise error_cls(self.id, self.status, self.error or "no error text")
@@ -341,8 +273,6 @@ class EndpointClient:
 
     def fetch(self, result: dict[str, Any], dest_dir: str | Path) -> list[Path]:
         """Copy a result's output files into `dest_dir/<job id>/...`, checking sizes and SHA-256; their paths."""
-        from worker.fetch import BucketUrls, fetch_outputs  # worker.fetch imports this module's errors
-
         return fetch_outputs(result, Path(dest_dir), self.outputs or BucketUrls())
 
 
