@@ -7,6 +7,7 @@ import base64
 import http.server
 import io
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ def volume(tmp_path: Path) -> VolumeFiles:
     return VolumeFiles(tmp_path)
 
 
+PUBLIC_HOST = "images.example"  # resolved by `public_dns` to a public address that reaches the local server
+PUBLIC_ADDRESS = "93.184.215.14"
 LIMITS = InputLimits(max_images=3, max_bytes=64 * 1024, max_pixels=1_000_000, fetch_timeout_s=1.0)
 OPEN = InputLimits(max_images=3, max_bytes=64 * 1024, fetch_timeout_s=1.0, allow_private_urls=True)
 
@@ -73,6 +76,11 @@ def server() -> Iterator[str]:
         "/big-unannounced": (200, {"X-No-Length": "1", "Connection": "close"}, big, 0.0),
         "/slow": (200, {}, png_bytes(), 3.0),
         "/moved": (302, {"Location": "/face.png"}, b"", 0.0),
+        "/to-loopback": (302, {"Location": f"{base}/face.png"}, b"", 0.0),
+        "/to-localhost": (302, {"Location": base.replace("127.0.0.1", "localhost") + "/face.png"}, b"", 0.0),
+        "/to-metadata": (307, {"Location": "http://169.254.169.254/latest/meta-data/"}, b"", 0.0),
+        "/to-public": (301, {"Location": base.replace("127.0.0.1", PUBLIC_HOST) + "/face.png"}, b"", 0.0),
+        "/%C3%A9t%C3%A9.png": (200, {}, png_bytes(), 0.0),
         "/gone": (410, {}, b"", 0.0),
     }
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -225,3 +233,110 @@ def test_fetch_times_out(server: str) -> None:
 def test_unresolvable_host(volume: VolumeFiles) -> None:
     with pytest.raises(JobInputError, match="cannot resolve host"):
         fetch_url("http://no-such-host.invalid/a.png", "images.0.image", LIMITS)
+
+
+@pytest.fixture
+def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`images.example` resolves to a public address, and connections to that address reach 127.0.0.1: a public
+    host as the URL checks see it, served by the local test server."""
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.create_connection
+
+    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list:
+        if host == PUBLIC_HOST:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC_ADDRESS, port))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    def create_connection(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        host, port = address
+        return real_connect(("127.0.0.1" if host == PUBLIC_ADDRESS else host, port), *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+
+
+def test_every_redirect_hop_is_checked_for_private_hosts(server: str, public_dns: None) -> None:
+    public = server.replace("127.0.0.1", PUBLIC_HOST)
+    assert fetch_url(f"{public}/face.png", "reference_image", LIMITS) == png_bytes()
+    assert fetch_url(f"{public}/to-public", "reference_image", LIMITS) == png_bytes()
+    for hop in ("/to-loopback", "/to-localhost", "/to-metadata"):
+        with pytest.raises(JobInputError, match=r"^reference_image: host .* private, loopback or link-local"):
+            fetch_url(f"{public}{hop}", "reference_image", LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:99999/x.png", "not a valid URL (Port out of range"),
+        ("http://[::1/x.png", "not a valid URL (Invalid IPv6 URL)"),
+        ("http://[fe80::zz]/x.png", "not a valid URL"),
+        (f"http://{'a' * 70}.com/x.png", "is not a valid host name"),
+        ("http://a..b.com/x.png", "is not a valid host name"),
+        ("https:///x.png", "expected an http:// or https:// URL"),
+    ],
+)
+def test_urls_that_urllib_cannot_read_are_field_errors(volume: VolumeFiles, url: str, message: str) -> None:
+    with pytest.raises(JobInputError, match=r"^images\.0\.image: ") as caught:
+        source_bytes(url, "images.0.image", LIMITS, volume)
+    assert message in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
+def test_a_non_ascii_url_path_is_sent_percent_encoded(server: str) -> None:
+    assert fetch_url(f"{server}/été.png", "images.0.image", OPEN) == png_bytes()
+
+
+@pytest.mark.parametrize("source", ["/etc/passwd", "/etc/hostname", "/proc/self/environ", "/root"])
+def test_an_absolute_path_outside_the_volume_is_called_so(volume: VolumeFiles, source: str) -> None:
+    with pytest.raises(JobInputError) as caught:
+        source_bytes(source, "reference_image", LIMITS, volume)
+    assert str(caught.value).startswith("reference_image: outside the volume")
+
+
+def test_base64_that_starts_with_a_slash_is_still_base64(volume: VolumeFiles) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="JPEG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    assert encoded.startswith("/9j/")
+    assert load_image(encoded, "reference_image", LIMITS, volume).size == (8, 8)
+
+
+def test_path_errors_never_show_the_server_path(volume: VolumeFiles) -> None:
+    root = str(volume.root)
+    for source in (
+        "a" * 300 + ".png",
+        "inputs/" + "b" * 256 + "/x.png",
+        "../../etc/passwd.png",
+        "/etc/x.png",
+    ):
+        with pytest.raises(JobInputError) as caught:
+            source_bytes(source, "reference_image", LIMITS, volume)
+        message = str(caught.value)
+        assert message.startswith("reference_image: ") and root not in message and len(message) < 300
+    (volume.root / "inputs" / "loop.png").symlink_to(volume.root / "inputs" / "loop.png")
+    with pytest.raises(JobInputError, match="^reference_image: ") as caught:
+        source_bytes("inputs/loop.png", "reference_image", LIMITS, volume)
+    assert root not in str(caught.value)
+
+
+def test_undecodable_bytes_do_not_name_the_buffer(volume: VolumeFiles) -> None:
+    with pytest.raises(JobInputError) as caught:
+        decode_image(b"\x89PNG not really", "images.0.image", LIMITS)
+    assert "BytesIO" not in str(caught.value) and " at 0x" not in str(caught.value)
+
+
+def test_stored_paths_are_checked_like_a_callers(
+    volume: VolumeFiles, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outside = tmp_path_factory.mktemp("elsewhere") / "lora.safetensors"
+    outside.write_bytes(b"x")
+    with pytest.raises(JobInputError, match=r"^loras\.0\.job_id: the LoRA of job 'j' is outside the volume$"):
+        volume.checked(
+            volume.root / "job_data" / ".." / ".." / outside.parent.name / outside.name,
+            "loras.0.job_id",
+            "the LoRA of job 'j'",
+        )
+    with pytest.raises(JobInputError, match="is gone from the volume"):
+        volume.checked(volume.root / "inputs" / "nothing.png", "loras.0.job_id", "the LoRA of job 'j'")
+    assert (
+        volume.checked(volume.root / "inputs" / "face.png", "f", "x") == volume.root / "inputs" / "face.png"
+    )

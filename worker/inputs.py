@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from worker.schemas import JobInputError
+from worker.schemas.common import quoted
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -44,7 +45,11 @@ VOLUME_PREFIXES = ("/runpod-volume", "/workspace")
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 MAX_REDIRECTS = 3
+MAX_NAME_BYTES = 255  # a longer file or folder name makes the file system raise ENAMETOOLONG
+OUTSIDE = "outside the volume"
+VOLUME_PATHS = "give a path under /runpod-volume/ or /workspace/, or one relative to the volume"
 _CHUNK = 64 * 1024
+_URL_SAFE = "/?&=%:@!$'()*+,;~"
 
 
 @dataclass(frozen=True)
@@ -85,19 +90,43 @@ class VolumeFiles:
         if not raw or "\x00" in raw or "\\" in raw:
             raise JobInputError(field, "not a valid path")
         path = PurePosixPath(raw)
+        if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+            raise JobInputError(field, f"a file or folder name in the path is over {MAX_NAME_BYTES} bytes")
         for prefix in VOLUME_PREFIXES:
             if path == PurePosixPath(prefix) or path.is_relative_to(prefix):
                 path = path.relative_to(prefix)
                 break
         candidate = Path(path) if path.is_absolute() else self.root / path
-        target = candidate.resolve()
+        try:
+            target = candidate.resolve()
+        except (OSError, RuntimeError):  # a symlink loop, a path too long for the file system
+            raise JobInputError(field, "not a usable path on the volume") from None
         if not any(target.is_relative_to(root) for root in self.roots):
-            raise JobInputError(field, f"{raw!r} is outside the volume")
-        if kind == "dir" and not target.is_dir():
-            raise JobInputError(field, f"no folder {raw!r} on the volume")
-        if kind == "file" and not target.is_file():
-            raise JobInputError(field, f"no file {raw!r} on the volume")
+            raise JobInputError(field, f"{OUTSIDE}; {VOLUME_PATHS}")
+        if not _exists(target, kind):
+            raise JobInputError(field, f"no {_KINDS[kind]} {quoted(raw)} on the volume")
         return target
+
+    def checked(self, path: Path, field: str, what: str, *, kind: str = "file") -> Path:
+        """`path`, built by the worker from stored data (a relpath in a finished job's result.json), under the rule
+        a caller's path meets: inside the volume once links are resolved. Errors name it by `what`, never by the
+        server path."""
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):
+            raise JobInputError(field, f"{what} is not a usable path") from None
+        if not any(target.is_relative_to(root) for root in self.roots):
+            raise JobInputError(field, f"{what} is {OUTSIDE}")
+        if not _exists(target, kind):
+            raise JobInputError(field, f"{what} is gone from the volume")
+        return target
+
+
+_KINDS = {"file": "file", "dir": "folder"}
+
+
+def _exists(target: Path, kind: str) -> bool:
+    return target.is_dir() if kind == "dir" else target.is_file()
 
 
 def _is_public(address: str) -> bool:
@@ -107,20 +136,40 @@ def _is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _endpoint(url: str, field: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, or a field error for what urllib or the IDNA codec would raise on."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:  # a port out of range, a broken [IPv6] host
+        raise JobInputError(field, f"not a valid URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JobInputError(field, f"expected an http:// or https:// URL, got {quoted(url)}")
+    host = parts.hostname
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            host.encode("idna")  # one label over 63 characters, or an empty one, fails here
+        except UnicodeError:
+            raise JobInputError(field, f"host {quoted(host)} is not a valid host name") from None
+    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
+
+
 def _vetted_address(host: str, port: int, field: str, limits: InputLimits) -> str:
     """Resolve `host` once and pick an address we may connect to; the connection then uses that address, so a DNS
     answer that changes between check and use (rebinding) cannot reach a private host."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        raise JobInputError(field, f"cannot resolve host {host!r}: {error.strerror}") from None
+        raise JobInputError(field, f"cannot resolve host {quoted(host)}: {error.strerror}") from None
     addresses = [str(info[4][0]) for info in infos]
     if limits.allow_private_urls:
         return addresses[0]
     if not all(_is_public(address) for address in addresses):
         raise JobInputError(
             field,
-            f"host {host!r} resolves to a private, loopback or link-local address; refused "
+            f"host {quoted(host)} resolves to a private, loopback or link-local address; refused "
             "(ALLOW_PRIVATE_URLS=true allows it)",
         )
     return addresses[0]
@@ -128,11 +177,8 @@ def _vetted_address(host: str, port: int, field: str, limits: InputLimits) -> st
 
 def check_public_endpoint(url: str, field: str, allow_private: bool) -> None:
     """Refuse an http(s) endpoint a job names (e.g. an upload target) on a private host, unless allowed."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise JobInputError(field, f"expected an http:// or https:// URL, got {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    _vetted_address(parts.hostname, port, field, InputLimits(allow_private_urls=allow_private))
+    _, host, port = _endpoint(url, field)
+    _vetted_address(host, port, field, InputLimits(allow_private_urls=allow_private))
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -159,14 +205,14 @@ def fetch_url(url: str, field: str, limits: InputLimits) -> bytes:
     """GET `url` with a deadline of `fetch_timeout_s` for the whole transfer and at most `max_bytes` of body."""
     deadline = time.monotonic() + limits.fetch_timeout_s
     for _ in range(MAX_REDIRECTS + 1):
+        # every hop is checked as the first: a public URL may redirect to a private host
+        scheme, host, port = _endpoint(url, field)
+        address = _vetted_address(host, port, field, limits)
+        connection_cls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+        connection = connection_cls(host, port, address, timeout=limits.fetch_timeout_s)
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise JobInputError(field, "only http and https URLs are fetched")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = _vetted_address(parts.hostname, port, field, limits)
-        connection_cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        connection = connection_cls(parts.hostname, port, address, timeout=limits.fetch_timeout_s)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # http.client sends the request line as ASCII: percent-encode anything else, keep existing escapes
+        target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_URL_SAFE)
         try:
             connection.request("GET", target, headers={"User-Agent": "gpu-worker", "Accept": "image/*"})
             response = connection.getresponse()
@@ -179,7 +225,7 @@ def fetch_url(url: str, field: str, limits: InputLimits) -> bytes:
         except (OSError, http.client.HTTPException) as error:
             if isinstance(error, TimeoutError) or "timed out" in str(error):
                 raise JobInputError(field, f"no answer within {limits.fetch_timeout_s:g} s") from None
-            raise JobInputError(field, f"fetch failed: {error}") from None
+            raise JobInputError(field, f"fetch failed: {str(error)[:200]}") from None
         finally:
             connection.close()
     raise JobInputError(field, f"more than {MAX_REDIRECTS} redirects")
@@ -214,12 +260,15 @@ def decode_base64(text: str, field: str, limits: InputLimits) -> bytes:
 
 
 def read_file(path: Path, field: str, limits: InputLimits) -> bytes:
-    size = path.stat().st_size
-    if size > limits.max_bytes:
-        raise JobInputError(
-            field, f"{size} bytes is over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)"
-        )
-    return path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise JobInputError(
+                field, f"{size} bytes is over the {limits.max_bytes}-byte limit (MAX_IMAGE_BYTES)"
+            )
+        return path.read_bytes()
+    except OSError as error:
+        raise JobInputError(field, f"cannot read the file ({error.strerror})") from None
 
 
 def source_bytes(source: str, field: str, limits: InputLimits, volume: VolumeFiles) -> bytes:
@@ -234,9 +283,22 @@ def source_bytes(source: str, field: str, limits: InputLimits, volume: VolumeFil
         return decode_base64(source, field, limits)
     if "://" in source[:16]:
         raise JobInputError(field, "only http(s) URLs, data URIs, base64 and volume paths are accepted")
-    if "." in source or source.startswith(VOLUME_PREFIXES):
+    if "." in source or source.startswith(VOLUME_PREFIXES) or _absolute_path(source):
+        # base64 may start with "/" (every JPEG's does), so an absolute path is told apart by not decoding
         return read_file(volume.resolve(source, field), field, limits)
     return decode_base64(source, field, limits)
+
+
+def _absolute_path(text: str) -> bool:
+    """Whether `text` starting with "/" is a path: base64 may start so too (every JPEG's does), a path is short and
+    does not decode."""
+    if not text.startswith("/") or len(text) > 4096:
+        return False
+    try:
+        base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return True
+    return False
 
 
 def decode_image(data: bytes, field: str, limits: InputLimits) -> Image:
@@ -255,14 +317,15 @@ def decode_image(data: bytes, field: str, limits: InputLimits) -> Image:
                     f"{width}x{height} is over the {limits.max_pixels}-pixel limit (decompression bomb guard)",
                 )
             image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
     except JobInputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except UnidentifiedImageError:  # its message only names the in-memory buffer
+        raise JobInputError(field, "not a readable PNG, JPEG, WebP or BMP image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise JobInputError(field, f"not a readable PNG, JPEG, WebP or BMP image ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise JobInputError(field, f"the image is damaged ({error})") from None
-    image = ImageOps.exif_transpose(image)
-    return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError) as error:  # what broken image data raises
+        raise JobInputError(field, f"the image is damaged ({str(error)[:200]})") from None
 
 
 def _to_rgb(image: Any) -> Image:
