@@ -155,3 +155,72 @@ def test_every_served_sampler_maps_onto_a_scheduler_the_image_job_takes() -> Non
     for sampler in SAMPLERS:
         found = envelope({"workflow_name": "creation", "prompt": "x", "sampler_name": sampler})
         parse_job(found.job_input)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "scheduler"),
+    [
+        ("euler", None, "euler"),
+        ("euler_ancestral", "normal", "euler_a"),
+        ("dpmpp_2m", "normal", "dpmpp_2m"),
+        ("dpmpp_2m", "karras", "dpmpp_2m_karras"),
+        ("dpmpp_2m_sde", None, "dpmpp_2m"),
+        ("dpmpp_2m_sde_gpu", "karras", "dpmpp_2m_karras"),
+        ("ddim", "karras", "ddim"),  # karras changes dpmpp_2m only
+        ("uni_pc", "simple", "unipc"),
+        ("uni_pc_bh2", "sgm_uniform", "unipc"),
+        (None, "karras", "euler"),
+    ],
+)
+def test_each_sampler_and_schedule_maps_onto_its_scheduler(
+    sampler: str | None, schedule: str | None, scheduler: str
+) -> None:
+    params = {"sampler_name": sampler, "scheduler": schedule}
+    found = envelope(
+        {"workflow_name": "creation", "prompt": "x", **{k: v for k, v in params.items() if v is not None}}
+    )
+    assert found is not None and found.job_input["scheduler"] == scheduler
+    assert parse_job(found.job_input).scheduler == scheduler  # type: ignore[attr-defined]
+
+
+def test_identity_weight_is_the_reference_strength_and_errors_name_it() -> None:
+    raw = {
+        "workflow_name": "generate_dataset_with_instantid",
+        "prompt": "a woman",
+        "base_image_pod_path": "/workspace/face.png",
+        "identity_weight": 0.35,
+    }
+    found = envelope(raw)
+    assert found is not None and found.job_input["reference_strength"] == 0.35
+    assert parse_job(found.job_input).reference_strength == 0.35  # type: ignore[attr-defined]
+    bad = envelope({**raw, "identity_weight": 3})
+    assert bad is not None
+    with pytest.raises(JobInputError) as caught:
+        parse_job(bad.job_input)
+    assert str(bad.explain(caught.value)).startswith("identity_weight: ")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"workflow_name": ["creation"], "prompt": "x"}, "workflow_name"),
+        ({"workflow_name": {"name": "creation"}, "prompt": "x"}, "workflow_name"),
+        ({**CREATION, "sampler_name": ["euler"]}, "sampler_name"),
+        ({**CREATION, "sampler_name": {"a": 1}}, "sampler_name"),
+        ({**CREATION, "scheduler": ["karras"]}, "scheduler"),
+    ],
+)
+def test_lists_and_objects_as_names_are_field_errors(raw: dict[str, Any], field: str) -> None:
+    with pytest.raises(JobInputError) as caught:
+        envelope(raw)
+    assert caught.value.fields == (field,)
+    assert "is not served" in str(caught.value)
+
+
+def test_a_huge_workflow_name_or_param_is_quoted_only_in_part() -> None:
+    with pytest.raises(JobInputError) as caught:
+        envelope({"workflow_name": "w" * 2_000_000, "prompt": "x"})
+    assert len(str(caught.value)) < 1000 and "(2000000 characters)" in str(caught.value)
+    with pytest.raises(JobInputError) as caught:
+        envelope({**CREATION, "p" * 2_000_000: 1})
+    assert len(str(caught.value)) < 1000

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.schemas import JobInputError
+from worker.schemas.common import QUOTE_CHARS, quoted
 from worker_client.field_errors import FieldIssue
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,15 @@ def _scheduler(params: dict[str, Any]) -> str | None:
     sampler, schedule = params.get("sampler_name"), params.get("scheduler")
     if sampler is None and schedule is None:
         return None
-    if sampler is not None and sampler not in SAMPLERS:
-        raise JobInputError("sampler_name", f"{sampler!r} is not served; supported: {', '.join(SAMPLERS)}")
-    if schedule is not None and schedule not in SCHEDULES:
-        raise JobInputError("scheduler", f"{schedule!r} is not served; supported: {', '.join(SCHEDULES)}")
+    # a list or an object is refused like any unknown name (it cannot even be looked up: it is unhashable)
+    if sampler is not None and (not isinstance(sampler, str) or sampler not in SAMPLERS):
+        raise JobInputError(
+            "sampler_name", f"{quoted(sampler)} is not served; supported: {', '.join(SAMPLERS)}"
+        )
+    if schedule is not None and (not isinstance(schedule, str) or schedule not in SCHEDULES):
+        raise JobInputError(
+            "scheduler", f"{quoted(schedule)} is not served; supported: {', '.join(SCHEDULES)}"
+        )
     name = SAMPLERS[sampler or "euler"]
     return "dpmpp_2m_karras" if name == "dpmpp_2m" and schedule == "karras" else name
 
@@ -187,10 +193,10 @@ def envelope(raw: Any) -> Envelope | None:
     if not isinstance(raw, dict) or "workflow_name" not in raw or "type" in raw:
         return None
     name = raw["workflow_name"]
-    if name not in WORKFLOWS:
+    if not isinstance(name, str) or name not in WORKFLOWS:
         raise JobInputError(
             "workflow_name",
-            f"{name!r} is not served by this worker; supported: {', '.join(WORKFLOWS)} "
+            f"{quoted(name)} is not served by this worker; supported: {', '.join(WORKFLOWS)} "
             '(video, face-swap and audio workflows run elsewhere; for music send {"type": "music", ...})',
         )
     workflow = WORKFLOWS[name]
@@ -199,10 +205,10 @@ def envelope(raw: Any) -> Envelope | None:
     if not isinstance(nested, dict):
         raise JobInputError("params", "expected a JSON object of workflow params")
     params.update(nested)
-    unknown = sorted(set(params) - workflow.params)
+    unknown = sorted(str(key) for key in set(params) - workflow.params)
     if unknown:
         raise JobInputError(
-            f"{unknown[0]}",
+            unknown[0][:QUOTE_CHARS],
             f"not a param of workflow {name!r}; supported: {', '.join(sorted(workflow.params))}",
         )
     missing = [param for param in workflow.required if param not in params]
