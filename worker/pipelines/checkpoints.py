@@ -3,8 +3,10 @@
 CHECKPOINTS_DIR (default `<volume>/checkpoints`) holds `.safetensors` checkpoints in the original Stability key
 layout, as ComfyUI's `models/checkpoints` does. A checkpoint's UNet, VAE and two text encoders are loaded with
 diffusers' single-file loaders, taking configs from the SDXL base folder the model cache already holds (no
-network). The last checkpoint used stays resident; a job that names it borrows the base pipeline with those four
-modules swapped in, so schedulers and LoRAs work unchanged, and the base modules are put back afterwards.
+network). The last checkpoint used stays resident while SDXL is; a job that names it borrows the base pipeline
+with those four modules swapped in, so schedulers and LoRAs work unchanged, and the base modules are put back
+afterwards. The SDXL base folder is resolved on the first checkpoint job, so a worker serving only other image
+families never fetches it for this.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +91,7 @@ def load_components(path: Path, config_dir: Path, device: str) -> dict[str, Any]
 class Checkpoints:
     """The checkpoints folder and the one checkpoint kept resident."""
 
-    def __init__(self, folder: Path, config_dir: Path, device: str) -> None:
+    def __init__(self, folder: Path, config_dir: Callable[[], Path], device: str) -> None:
         self.folder = folder
         self.config_dir = config_dir
         self.device = device
@@ -98,18 +100,18 @@ class Checkpoints:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, volume_root: Path, config_dir: Path, device: str
+        cls, settings: Settings, volume_root: Path, config_dir: Callable[[], Path], device: str
     ) -> Checkpoints:
-        """CHECKPOINTS_DIR, else `<volume>/checkpoints`; configs from the SDXL base folder `config_dir`."""
+        """CHECKPOINTS_DIR, else `<volume>/checkpoints`; configs from the SDXL base folder `config_dir()` gives."""
         return cls(settings.checkpoints_dir or volume_root / "checkpoints", config_dir, device)
 
     def modules(self, name: str) -> dict[str, Any]:
         path = resolve_checkpoint(name, self.folder)
         if name != self._name:
-            self._release()
+            self.release()
             started = time.perf_counter()
             try:
-                self._modules = load_components(path, self.config_dir, self.device)
+                self._modules = load_components(path, self.config_dir(), self.device)
             except JobInputError:
                 raise
             except (KeyError, ValueError, RuntimeError) as error:  # what diffusers raises on a foreign layout
@@ -120,7 +122,8 @@ class Checkpoints:
             log.info("checkpoint %s loaded in %.1fs", name, time.perf_counter() - started)
         return self._modules
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Drop the resident checkpoint's modules (when another one is asked for, or SDXL leaves the GPU)."""
         self._modules, self._name = {}, None
         gc.collect()
         import torch

@@ -1,9 +1,9 @@
-"""A LoRA dataset of one subject, drawn with the resident SDXL pipeline.
+"""A LoRA dataset of one subject, drawn with the image pipeline of the job's model family (SDXL by default).
 
 Writes `dataset/0001.png` + `dataset/0001.txt` (the caption, trigger word first), ..., `dataset/dataset.json` (an
 index) and optionally `dataset.zip`: the layout this worker's `training` job, kohya-ss/sd-scripts and ai-toolkit
-read. With a `reference_image`, diffusers' IP-Adapter conditions every image on it so the set keeps that subject's
-identity; the adapter is unloaded after the job, leaving the resident pipeline as it was.
+read. With a `reference_image` (SDXL only), diffusers' IP-Adapter conditions every image on it so the set keeps
+that subject's identity; the adapter is unloaded after the job, leaving the resident pipeline as it was.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 from worker.inputs import InputLimits, load_image
 from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, resolve_seed
-from worker.pipelines.image import encode_image
+from worker.pipelines.image import draw_args, encode_image
+from worker.pipelines.image_families import FAMILIES
 from worker.schemas import DatasetJob, OutputFile
 
 IP_ADAPTER_MODEL = "ip-adapter-sdxl"
@@ -105,12 +106,13 @@ class DatasetPipeline:
         if job.reference_image is not None:
             reference = load_image(job.reference_image, "reference_image", self.limits, self.volume)
         templates = job.prompts or list(DEFAULT_SHOTS)
+        pipe, load_s = self.image.activate(job.model)
         started = time.perf_counter()
         if reference is None:
-            entries, outputs = self._draw(job, ctx, seed, templates, None)
+            entries, outputs = self._draw(job, ctx, pipe, seed, templates, None)
         else:
-            with ip_adapter(self.image.sdxl, self.ip_adapter_dir, job.reference_strength):
-                entries, outputs = self._draw(job, ctx, seed, templates, reference)
+            with ip_adapter(pipe, self.ip_adapter_dir, job.reference_strength):
+                entries, outputs = self._draw(job, ctx, pipe, seed, templates, reference)
         draw_s = time.perf_counter() - started
         index = {
             "subject": job.subject,
@@ -118,6 +120,7 @@ class DatasetPipeline:
             "width": job.width,
             "height": job.height,
             "seed": seed,
+            "model": job.model,
             "reference_image": reference is not None,
             "images": entries,
         }
@@ -133,14 +136,18 @@ class DatasetPipeline:
                     "dataset.zip", lambda temp: zip_folder(files, ctx.folder.path, temp), kind="archive"
                 )
             )
+        metrics: dict[str, float | int] = {
+            "draw_s": round(draw_s, 4),
+            "images_per_s": round(job.num_images / draw_s, 4) if draw_s else 0.0,
+        }
+        if load_s:
+            metrics["load_s"] = round(load_s, 4)  # the switch to this job's model family
         return PipelineOutput(
             outputs=outputs,
-            metrics={
-                "draw_s": round(draw_s, 4),
-                "images_per_s": round(job.num_images / draw_s, 4) if draw_s else 0.0,
-            },
+            metrics=metrics,
             fields={
                 "seed": seed,
+                "model": job.model,
                 "num_images": job.num_images,
                 "dataset_dir": str(ctx.folder.path / FOLDER),
                 "trigger_word": job.trigger_word,
@@ -148,8 +155,9 @@ class DatasetPipeline:
         )
 
     def _draw(
-        self, job: DatasetJob, ctx: JobContext, seed: int, templates: list[str], reference: Any
+        self, job: DatasetJob, ctx: JobContext, pipe: Any, seed: int, templates: list[str], reference: Any
     ) -> tuple[list[dict[str, Any]], list[OutputFile]]:
+        family = FAMILIES[job.model]
         self.image.use_scheduler(job.scheduler)
         total = job.num_images * job.steps
         extra = {"ip_adapter_image": reference} if reference is not None else {}
@@ -159,13 +167,17 @@ class DatasetPipeline:
             ctx.check_cancelled()
             prompt = shot_prompt(templates[(number - 1) % len(templates)], job.subject)
             image_seed = seed + number - 1  # one seed per image: any image can be redrawn alone
-            image = self.image.sdxl(
+            args = draw_args(
+                family,
                 prompt=prompt,
-                negative_prompt=job.negative_prompt or None,
+                negative_prompt=job.negative_prompt,
                 width=job.width,
                 height=job.height,
-                num_inference_steps=job.steps,
+                steps=job.steps,
                 guidance_scale=job.guidance_scale,
+            )
+            image = pipe(
+                **args,
                 generator=self.image.generator(image_seed),
                 callback_on_step_end=self.image.step_callback(ctx, total, offset=(number - 1) * job.steps),
                 **extra,

@@ -1,4 +1,10 @@
-"""Text to image with a resident diffusers SDXL pipeline."""
+"""Text to image with the resident diffusers pipeline of one image model family (SDXL, Z-Image, FLUX.2 [klein]).
+
+One family is resident at a time (`family_loader.FamilyLoader`); a job of another family switches, and the time
+that took is the job's `metrics.load_s`. IMAGE_MODELS are fetched at start and the first of them loaded; the
+others are fetched through the model cache on their first job. The dataset and training pipelines borrow SDXL
+through `.sdxl`, which makes SDXL resident when it is not.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +15,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, resolve_seed
+from worker.pipelines.family_loader import FamilyLoader, load_family
+from worker.pipelines.image_families import FAMILIES, Family
 from worker.schemas import ImageJob
 
 log = logging.getLogger(__name__)
-
-# name -> (diffusers scheduler class, extra config)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpmpp_2m_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
-    ),
-    "ddim": ("DDIMScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 def load_sdxl(path: Path, device: str) -> Any:
-    """Load an SDXL diffusers folder: fp16 on CUDA (the fp16 variant files when present), fp32 on CPU."""
-    import torch
-    from diffusers import StableDiffusionXLPipeline
-
-    cuda = device.startswith("cuda")
-    dtype = torch.float16 if cuda else torch.float32
-    variant = "fp16" if cuda and any(path.glob("unet/*.fp16.safetensors")) else None
-    pipe = StableDiffusionXLPipeline.from_pretrained(
-        path, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    """An SDXL diffusers folder as the worker loads it: fp16 on CUDA (its fp16 variant files when present)."""
+    return load_family(FAMILIES["sdxl-base"], path, device)
 
 
 def encode_image(image: Any, fmt: str) -> bytes:
@@ -51,15 +36,37 @@ def encode_image(image: Any, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def draw_args(
+    family: Family,
+    *,
+    prompt: str,
+    negative_prompt: str,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+) -> dict[str, Any]:
+    """The keyword arguments of one family's pipeline call for these job values (schemas refused the rest)."""
+    args: dict[str, Any] = {
+        "prompt": prompt,
+        "width": width,
+        "height": height,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance_scale,
+    }
+    if family.negative_prompt != "never" and negative_prompt:
+        args["negative_prompt"] = negative_prompt
+    return args
+
+
 class ImagePipeline:
-    """SDXL text-to-image. The diffusers pipeline stays resident; other job types borrow it via `.sdxl`."""
+    """Text to image. The resident family's pipeline stays loaded; other job types borrow SDXL via `.sdxl`."""
 
     job_type: ClassVar[str] = "image"
 
     def __init__(self) -> None:
-        self.sdxl: Any = None
         self.device = "cpu"
-        self._base_scheduler_config: dict[str, Any] = {}
+        self.families: FamilyLoader | None = None
         self.loras: Any = None
         self.checkpoints: Any = None
 
@@ -68,23 +75,46 @@ class ImagePipeline:
         from worker.pipelines.image_loras import LoraLoader
 
         self.device = env.device
-        self.sdxl = load_sdxl(env.models("sdxl-base"), env.device)
-        self._base_scheduler_config = dict(self.sdxl.scheduler.config)
         self.loras = LoraLoader(env.store, env.files)
         self.checkpoints = Checkpoints.from_settings(
-            env.settings, env.volume.root, env.models("sdxl-base"), env.device
+            env.settings, env.volume.root, lambda: env.models("sdxl-base"), env.device
         )
+        self.families = FamilyLoader(env.models, env.device, on_release=self._released)
+        warm = env.settings.image_models
+        for name in warm[1:]:
+            env.models(name)  # on the volume now; loaded when a job asks for it
+        self.families.activate(warm[0])
+
+    def _released(self, name: str) -> None:
+        if name == "sdxl-base":
+            self.checkpoints.release()
+
+    def activate(self, model: str) -> tuple[Any, float]:
+        """The pipeline of family `model`, made resident; and the seconds the switch took (0: it was)."""
+        assert self.families is not None, "load() first"
+        resident, load_s = self.families.activate(model)
+        return resident.pipe, load_s
+
+    @property
+    def sdxl(self) -> Any:
+        """The SDXL pipeline, for the dataset and training pipelines (switching to SDXL if another is resident)."""
+        return self.activate("sdxl-base")[0]
 
     def use_scheduler(self, name: str) -> None:
+        """Put scheduler `name` of the resident family in place, built from that family's own config."""
         import diffusers
 
-        class_name, extra = SCHEDULERS[name]
+        assert self.families is not None and self.families.resident is not None, "load() first"
+        resident = self.families.resident
+        class_name, extra = resident.family.schedulers[name]
         scheduler_cls = getattr(diffusers, class_name)
-        self.sdxl.scheduler = scheduler_cls.from_config(self._base_scheduler_config, **extra)
+        resident.pipe.scheduler = scheduler_cls.from_config(resident.scheduler_config, **extra)
 
     def generator(self, seed: int) -> Any:
+        """The job's generator; torch's global one is seeded too, for the flow schedulers that draw from it."""
         import torch
 
+        torch.manual_seed(seed)
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def step_callback(self, ctx: JobContext, total: int, offset: int = 0) -> Any:
@@ -98,19 +128,25 @@ class ImagePipeline:
         return on_step_end
 
     def run(self, job: ImageJob, ctx: JobContext) -> PipelineOutput:
+        family = FAMILIES[job.model]
         seed = resolve_seed(job.seed)
+        pipe, load_s = self.activate(job.model)
         self.use_scheduler(job.scheduler)
         ctx.check_cancelled()
+        args = draw_args(
+            family,
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            width=job.width,
+            height=job.height,
+            steps=job.steps,
+            guidance_scale=job.guidance_scale,
+        )
         # a checkpoint's modules and LoRAs are taken out when the block ends: the next job sees the base pipeline
-        with self.checkpoints.applied(self.sdxl, job.checkpoint), self.loras.applied(self.sdxl, job.loras):
+        with self.checkpoints.applied(pipe, job.checkpoint), self.loras.applied(pipe, job.loras, family):
             started = time.perf_counter()
-            images = self.sdxl(
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt or None,
-                width=job.width,
-                height=job.height,
-                num_inference_steps=job.steps,
-                guidance_scale=job.guidance_scale,
+            images = pipe(
+                **args,
                 num_images_per_prompt=job.num_images,
                 generator=self.generator(seed),
                 callback_on_step_end=self.step_callback(ctx, job.steps),
@@ -128,8 +164,10 @@ class ImagePipeline:
                     height=image.height,
                 )
             )
-        return PipelineOutput(
-            outputs=outputs,
-            metrics={"run_s": round(run_s, 4), "steps_per_s": round(job.steps / run_s, 3) if run_s else 0.0},
-            fields={"seed": seed},
-        )
+        metrics: dict[str, float | int] = {
+            "run_s": round(run_s, 4),
+            "steps_per_s": round(job.steps / run_s, 3) if run_s else 0.0,
+        }
+        if load_s:
+            metrics["load_s"] = round(load_s, 4)  # this job's family switch, in place of the worker's 0
+        return PipelineOutput(outputs=outputs, metrics=metrics, fields={"seed": seed, "model": job.model})

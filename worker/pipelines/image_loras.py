@@ -1,7 +1,10 @@
 """LoRAs an image job asks for: found on the volume or by training job id, applied for one job, then removed.
 
-Only `.safetensors` files are loaded (a pickle can run code). Unloading removes PEFT's layers and puts the original
-modules and their `requires_grad` flags back, so the resident pipeline is exactly what it was before the job.
+Only `.safetensors` files are loaded (a pickle can run code). A LoRA's family is read from its keys before it is
+loaded, so one made for another model family is a field error rather than a crash or a silently wrong image.
+Each family's diffusers loader converts its ecosystem's formats (diffusers/PEFT, kohya and ComfyUI, ai-toolkit).
+Unloading removes PEFT's layers and puts the original modules and their `requires_grad` and train/eval flags
+back, so the resident pipeline is exactly what it was before the job.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from worker.inputs import VolumeFiles
 from worker.job_folders import JobStore
+from worker.pipelines.image_families import FAMILIES, Family, lora_family
 from worker.schemas import JobInputError, LoraRef
 
 LORA_SUFFIX = ".safetensors"
@@ -33,6 +37,49 @@ def training_job_lora(job_id: str, store: JobStore, field: str) -> Path:
     return path
 
 
+def check_lora_family(path: Path, family: Family, field: str) -> None:
+    """Refuse a LoRA whose keys are not `family`'s module names, naming the family they are."""
+    from safetensors import SafetensorsError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except (SafetensorsError, OSError) as error:
+        raise JobInputError(field, f"not a readable .safetensors file ({error})") from None
+    found = lora_family(keys)
+    if found is None:
+        raise JobInputError(
+            field, f"not a LoRA for this {family.label} model (its keys name no known model's modules)"
+        )
+    if found != family.name:
+        raise JobInputError(
+            field,
+            f"not a LoRA for this {family.label} model: it is a {FAMILIES[found].label} LoRA (model {found})",
+        )
+
+
+class AdapterGuard:
+    """The resident pipeline's flags before LoRAs are injected; `restore` unloads them and puts the flags back."""
+
+    def __init__(self, pipe: Any) -> None:
+        import torch
+
+        self.pipe = pipe
+        modules = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
+        # PEFT's injection freezes every base parameter and may flip train/eval flags
+        self._requires_grad = [
+            (param, param.requires_grad) for module in modules for param in module.parameters()
+        ]
+        self._modes = [(sub, sub.training) for module in modules for sub in module.modules()]
+
+    def restore(self) -> None:
+        self.pipe.unload_lora_weights()
+        for param, flag in self._requires_grad:
+            param.requires_grad_(flag)
+        for module, training in self._modes:
+            module.training = training
+
+
 class LoraLoader:
     """Resolves `LoraRef`s and applies them to the resident pipeline for the length of one job."""
 
@@ -51,24 +98,23 @@ class LoraLoader:
         return path
 
     @contextmanager
-    def applied(self, pipe: Any, refs: list[LoraRef]) -> Iterator[list[str]]:
+    def applied(self, pipe: Any, refs: list[LoraRef], family: Family) -> Iterator[list[str]]:
         """Load each LoRA under its own adapter name, weight them by `scale`, and unload them all afterwards."""
         paths = [self.resolve(ref, f"loras.{index}") for index, ref in enumerate(refs)]
+        for index, path in enumerate(paths):
+            check_lora_family(path, family, f"loras.{index}")
         if not paths:
             yield []
             return
-        from worker.training.trainer import ResidentGuard
-
         names = [f"lora_{index}" for index in range(len(paths))]
-        # PEFT's injection freezes every base parameter; the guard puts the flags back when it unloads
-        guard = ResidentGuard(pipe)
+        guard = AdapterGuard(pipe)
         try:
             for index, (path, name) in enumerate(zip(paths, names)):
                 try:
                     pipe.load_lora_weights(str(path), adapter_name=name)
                 except (ValueError, KeyError, RuntimeError, OSError) as error:
                     raise JobInputError(
-                        f"loras.{index}", f"not a LoRA for this SDXL model ({error})"
+                        f"loras.{index}", f"not a LoRA for this {family.label} model ({error})"
                     ) from None
             pipe.set_adapters(names, adapter_weights=[ref.scale for ref in refs])
             yield names

@@ -1,13 +1,18 @@
-"""The dataset job: images of one subject with same-name captions, ready for LoRA training."""
+"""The dataset job: images of one subject with same-name captions, ready for LoRA training.
+
+It draws with any image model family (`model`); the defaults below are SDXL's, and another family's defaults
+and bounds apply as for the image job (`worker/pipelines/image_families.py`).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from worker.pipelines.image_families import SDXL_NEGATIVE, check_family_bounds, fill_family_defaults
 from worker.schemas.common import MAX_PROMPT_CHARS, Seed, Side, StrictInput, multiple_of_8
-from worker.schemas.image_job import IMAGE_SCHEDULERS
+from worker.schemas.image_job import IMAGE_MODELS, IMAGE_SCHEDULERS
 
 
 class DatasetJob(StrictInput):
@@ -30,11 +35,9 @@ class DatasetJob(StrictInput):
     height: Side = 1024
     steps: int = Field(default=30, ge=1, le=150)
     guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
-    negative_prompt: str = Field(
-        default="blurry, lowres, deformed, disfigured, watermark, text, multiple people",
-        max_length=MAX_PROMPT_CHARS,
-    )
+    negative_prompt: str = Field(default=SDXL_NEGATIVE, max_length=MAX_PROMPT_CHARS)
     scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
+    model: Literal[IMAGE_MODELS] = "sdxl-base"  # type: ignore[valid-type]
     reference_image: str | None = Field(
         default=None,
         min_length=1,
@@ -44,3 +47,13 @@ class DatasetJob(StrictInput):
     zip: bool = Field(default=False, description="Also write dataset.zip.")
 
     _check_width = field_validator("width", "height")(multiple_of_8)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        return fill_family_defaults(data, "dataset")
+
+    @model_validator(mode="after")
+    def _family_bounds(self) -> DatasetJob:
+        check_family_bounds(self.__dict__)
+        return self
