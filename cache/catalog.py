@@ -158,6 +158,49 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
             description="random-weight SDXL-shaped pipeline (demo and tests)",
         ),
     },
+    # The image families beside SDXL (worker/pipelines/image_families.py): diffusers layout, bf16 weights. Only the
+    # pipeline's folders are fetched; the repos also hold single-file copies for ComfyUI. Z-Image-Turbo is pinned
+    # at a commit several public references cite; FLUX.2-klein-4B at "main" until a commit is known.
+    "z-image-turbo": {
+        "production": ModelSpec(
+            name="z-image-turbo",
+            parts=(_hub("Tongyi-MAI/Z-Image-Turbo", "f332072aa78be7aecdf3ee76d5c247082da564a6", allow=(
+                "model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
+            )),),
+            required_files=(
+                "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                "text_encoder/*.safetensors", "tokenizer/tokenizer_config.json", "transformer/config.json",
+                "transformer/*.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+            ),
+            description="Z-Image-Turbo (6B DiT, Qwen3-4B text encoder), diffusers layout, bf16",
+        ),
+        "tiny": ModelSpec(
+            name="z-image-tiny",
+            parts=(_builtin("z-image-tiny"),),
+            required_files=("model_index.json", "transformer/config.json", "text_encoder/config.json", "tokenizer/*"),
+            description="random-weight Z-Image-shaped pipeline (demo and tests)",
+        ),
+    },
+    "flux2-klein-4b": {
+        "production": ModelSpec(
+            name="flux2-klein-4b",
+            parts=(_hub("black-forest-labs/FLUX.2-klein-4B", "main", allow=(
+                "model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
+            )),),
+            required_files=(
+                "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                "text_encoder/*.safetensors", "tokenizer/tokenizer_config.json", "transformer/config.json",
+                "transformer/*.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+            ),
+            description="FLUX.2 [klein] 4B, step-distilled (4B DiT, Qwen3-4B text encoder), diffusers layout, bf16",
+        ),
+        "tiny": ModelSpec(
+            name="flux2-klein-tiny",
+            parts=(_builtin("flux2-klein-tiny"),),
+            required_files=("model_index.json", "transformer/config.json", "text_encoder/config.json", "tokenizer/*"),
+            description="random-weight FLUX.2 [klein]-shaped pipeline (demo and tests)",
+        ),
+    },
     "heartmula": {
         "production": ModelSpec(
             name="heartmula",

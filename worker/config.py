@@ -78,6 +78,24 @@ def _profile(env: Mapping[str, str]) -> Profile:
     return raw  # type: ignore[return-value]
 
 
+def _image_models(env: Mapping[str, str]) -> tuple[str, ...]:
+    """IMAGE_MODELS: the image families fetched at start, the first one loaded; `all` for every one."""
+    from worker.pipelines.image_families import IMAGE_MODELS
+
+    raw = env.get("IMAGE_MODELS", "").strip().lower()
+    if not raw:
+        return ("sdxl-base",)
+    if raw == "all":
+        return IMAGE_MODELS
+    models = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    unknown = [model for model in models if model not in IMAGE_MODELS]
+    if unknown or not models:
+        raise ConfigError(
+            f"IMAGE_MODELS: unknown image model(s) {unknown}; valid: {', '.join(IMAGE_MODELS)}, all"
+        )
+    return models
+
+
 @dataclass(frozen=True)
 class Settings:
     """The worker's configuration. Build it with `Settings.from_env()`."""
@@ -110,6 +128,7 @@ class Settings:
     pod_api_key: str | None = None
     pod_run_retention_s: float = 1800.0
     pod_runsync_retention_s: float = 60.0
+    image_models: tuple[str, ...] = ("sdxl-base",)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,4 +164,5 @@ class Settings:
             pod_api_key=env.get("POD_API_KEY") or None,
             pod_run_retention_s=_float(env, "POD_RUN_RETENTION_S", 1800.0),
             pod_runsync_retention_s=_float(env, "POD_RUNSYNC_RETENTION_S", 60.0),
+            image_models=_image_models(env),
         )
