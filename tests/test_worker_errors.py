@@ -16,7 +16,7 @@ from worker.worker import Worker
 
 class ProbeJob(schemas.StrictInput):
     type: Literal["probe"] = "probe"
-    failure: Literal["none", "oom", "crash"] = "none"
+    failure: Literal["none", "oom", "crash", "refuse", "disk_full", "disk_full_elsewhere"] = "none"
 
 
 class ProbePipeline:
@@ -36,6 +36,14 @@ class ProbePipeline:
             torch.empty(2**50, dtype=torch.uint8)  # a real allocation the CPU allocator refuses
         if job.failure == "crash":
             raise ZeroDivisionError("a bug in a pipeline")
+        if (
+            job.failure == "refuse"
+        ):  # an input found wrong only once the pipeline runs (a LoRA that is no LoRA)
+            raise schemas.JobInputError("failure", "refused while running")
+        if job.failure == "disk_full":  # the kernel's own ENOSPC: /dev/full refuses every write
+            ctx.folder.write_with("nested/out.bin", lambda temp: Path("/dev/full").write_bytes(b"x"), "blob")
+        if job.failure == "disk_full_elsewhere":
+            Path("/dev/full").write_bytes(b"x")
         return PipelineOutput(outputs=[written])
 
 
@@ -43,7 +51,9 @@ class ProbePipeline:
 def probe_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Worker:
     monkeypatch.setitem(schemas.JOB_MODELS, "probe", ProbeJob)
     monkeypatch.setitem(pipelines.REGISTRY, "probe", f"{__name__}:ProbePipeline")
-    settings = Settings(volume_root=tmp_path, model_profile="tiny", worker_jobs=("probe",), warm_on_start=False)
+    settings = Settings(
+        volume_root=tmp_path, model_profile="tiny", worker_jobs=("probe",), warm_on_start=False
+    )
     return Worker(settings).start()
 
 
@@ -64,3 +74,31 @@ def test_a_crash_is_an_error_string_and_the_worker_keeps_serving(probe_worker: W
     assert result == {"error": "internal error: ZeroDivisionError: a bug in a pipeline"}
     assert not (probe_worker.store.root / "crash").exists()
     assert "error" not in probe(probe_worker, "after-crash", "none")
+
+
+@pytest.mark.parametrize("failure", ["refuse", "disk_full", "disk_full_elsewhere"])
+def test_a_job_that_fails_inside_its_pipeline_leaves_no_folder(probe_worker: Worker, failure: str) -> None:
+    result = probe(probe_worker, f"gone-{failure}", failure)
+    assert "error" in result and not result["error"].startswith("internal error"), result
+    assert not (probe_worker.store.root / f"gone-{failure}").exists()
+    assert "error" not in probe(probe_worker, f"after-{failure}", "none")
+
+
+def test_a_full_volume_is_named_with_the_file_being_written(probe_worker: Worker) -> None:
+    result = probe(probe_worker, "full", "disk_full")
+    assert result == {
+        "error": "disk full: no space left on the volume while writing full/nested/out.bin in job_data; "
+        "free space on the volume (or grow it) and run the job again"
+    }
+    elsewhere = probe(probe_worker, "full-2", "disk_full_elsewhere")["error"]
+    assert elsewhere.startswith("disk full: no space left on the volume while running job full-2")
+    assert "Errno" not in elsewhere and "/dev/full" not in elsewhere
+
+
+def test_a_huge_job_id_is_answered_and_logged_in_part(
+    probe_worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO"):
+        result = probe_worker.handle_sync({"id": "j" * 2_000_000, "input": {"type": "probe"}})
+    assert result["error"].startswith("id: ") and len(result["error"]) < 300
+    assert max(len(record.getMessage()) for record in caplog.records) < 1000

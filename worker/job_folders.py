@@ -6,6 +6,7 @@ knows every output it lists is complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -55,6 +56,13 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
+class DiskFullError(Exception):
+    """The volume had no room for a job's file: the caller's input was fine, the volume needs space."""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 class JobFolder:
     """The folder of one job. Tracks what this run wrote so a cancelled run can take it back."""
 
@@ -86,13 +94,20 @@ class JobFolder:
     def write_with(self, relpath: str, writer: Callable[[Path], None], kind: str, **meta: Any) -> OutputFile:
         """Have `writer` fill a temp file beside the target, then publish it under `relpath` atomically."""
         target = self.resolve(relpath)
-        target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             writer(temp)
             with temp.open("rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(temp, target)
+        except OSError as error:
+            if error.errno not in _NO_SPACE:
+                raise
+            raise DiskFullError(
+                f"disk full: no space left on the volume while writing {self.job_id}/{relpath} in job_data; "
+                "free space on the volume (or grow it) and run the job again"
+            ) from error
         finally:
             temp.unlink(missing_ok=True)
         _fsync_dir(target.parent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import threading
 import time
@@ -17,10 +18,11 @@ from worker import uploads
 from worker.config import Settings
 from worker.inputs import VolumeFiles
 from worker.intake import JobRequest, read_request
-from worker.job_folders import JobFolder, JobStore, UnsafePathError
+from worker.job_folders import DiskFullError, JobFolder, JobStore, UnsafePathError
 from worker.pipelines import REGISTRY, pipeline_class
 from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Pipeline, PipelineOutput, Progress
 from worker.schemas import JobInputError, JobResult
+from worker.schemas.common import QUOTE_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ class Worker:
     def handle_sync(self, job: dict[str, Any], cancel_event: threading.Event | None = None) -> dict[str, Any]:
         """Run one job to its answer, which is also what `result.json` holds; every failure becomes
         `{"error": "..."}`, never an exception."""
-        job_id = job.get("id", "") if isinstance(job, dict) else ""
+        job_id = str(job.get("id", ""))[:QUOTE_CHARS] if isinstance(job, dict) else ""  # for log lines only
         folder: JobFolder | None = None
         request: JobRequest | None = None
         try:
@@ -173,12 +175,21 @@ class Worker:
             log.info("job %s: done, %d file(s) in %.2fs", job_id, len(output.outputs), metrics["run_s"])
             return answer
         except JobInputError as error:
+            if folder is not None:  # refused inside the pipeline: nothing of this run stays
+                folder.discard()
             if request is not None and request.envelope is not None:
                 error = request.envelope.explain(error)  # Morpheus's names for its params, wherever refused
             log.info("job %s: refused: %s", job_id, error)
             return {"error": str(error)}
         except UnsafePathError as error:
+            if folder is not None:
+                folder.discard()
             log.info("job %s: refused: %s", job_id, error)
+            return {"error": str(error)}
+        except DiskFullError as error:
+            if folder is not None:
+                folder.discard()
+            log.error("job %s: %s", job_id, error)
             return {"error": str(error)}
         except uploads.UploadError as error:
             log.error("job %s: %s", job_id, error)
@@ -197,6 +208,12 @@ class Worker:
                 return {
                     "error": f"out of memory: {error}. Try a smaller size or batch.",
                     "refresh_worker": True,
+                }
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("job %s: the volume is full: %s", job_id, error)
+                return {
+                    "error": f"disk full: no space left on the volume while running job {job_id}; free space "
+                    "on the volume (or grow it) and run the job again"
                 }
             log.error("job %s: failed: %s", job_id, traceback.format_exc())
             return {"error": f"internal error: {type(error).__name__}: {error}"}

@@ -10,7 +10,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.schemas.common import MAX_PROMPT_CHARS, MAX_SEED, JobInputError, StrictInput, validation_issues
+from worker.schemas.common import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    JobInputError,
+    StrictInput,
+    quoted,
+    validation_issues,
+)
 from worker.schemas.dataset_job import DatasetJob
 from worker.schemas.image_job import IMAGE_MODELS, IMAGE_SCHEDULERS, ImageJob, LoraRef
 from worker.schemas.music_job import MusicJob
@@ -45,7 +52,7 @@ def parse_job(raw: Any, enabled: tuple[str, ...] | None = None) -> StrictInput:
     if job_type is None:
         raise JobInputError("type", f"required; valid: {', '.join(valid)}")
     if not isinstance(job_type, str) or job_type not in JOB_MODELS:
-        raise JobInputError("type", f"unknown job type {job_type!r}; valid: {', '.join(valid)}")
+        raise JobInputError("type", f"unknown job type {quoted(job_type)}; valid: {', '.join(valid)}")
     if job_type not in valid:
         raise JobInputError(
             "type", f"{job_type!r} is not served by this worker (WORKER_JOBS); valid: {', '.join(valid)}"

@@ -15,6 +15,8 @@ from worker_client.field_errors import FieldIssue, format_issues
 
 MAX_SEED = 2**53 - 1  # JSON numbers are exact up to here
 MAX_PROMPT_CHARS = 4000
+QUOTE_CHARS = 60  # a refused value is quoted at most this long: errors and log lines stay short
+MAX_ERROR_CHARS = 1000  # an error lists the issues that fit, then how many more there are
 
 Seed = Annotated[
     int | None,
@@ -24,12 +26,31 @@ Seed = Annotated[
 ]
 
 
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`repr` of a caller's value, cut to a short prefix (with its full length) so an error never echoes a
+    megabyte of input back."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def _bounded(issues: tuple[FieldIssue, ...]) -> str:
+    """The error text of `issues`, at most MAX_ERROR_CHARS: the issues that fit, then `input: N more problems`."""
+    text = format_issues(issues)
+    shown = len(issues)
+    while len(text) > MAX_ERROR_CHARS and shown > 1:
+        shown -= 1
+        text = format_issues((*issues[:shown], FieldIssue("input", f"{len(issues) - shown} more problems")))
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
 class JobInputError(ValueError):
     """A job input the worker refuses, as `(field, reason)` issues."""
 
     def __init__(self, field: str, reason: str, *more: FieldIssue) -> None:
         self.issues: tuple[FieldIssue, ...] = (FieldIssue(field, reason), *more)
-        super().__init__(format_issues(self.issues))
+        super().__init__(_bounded(self.issues))
 
     @classmethod
     def of(cls, issues: Iterable[FieldIssue]) -> JobInputError:
@@ -56,25 +77,31 @@ def multiple_of_8(value: int) -> int:
 Side = Annotated[int, Field(ge=64, le=2048, description="Pixels, a multiple of 8.")]
 
 
+_SHOULD_BE = "Input should be "
+# pydantic names the members of a union in an error's location (`tags.list[constrained-str]`); these are not fields
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none", "bytes", "list", "dict"})
+
+
+def _is_field_part(part: str | int) -> bool:
+    return isinstance(part, int) or not (part in _UNION_MEMBERS or "[" in part or "-" in part)
+
+
 def validation_issues(error: ValidationError) -> list[FieldIssue]:
-    """One issue per problem pydantic found, named by the field's dotted location."""
+    """One issue per field pydantic found wrong, named by the field's dotted location. The union members a value
+    failed are merged into one reason (`tags: Input should be a valid string or a valid list`)."""
+    reasons: dict[str, list[str]] = {}
+    for problem in error.errors(include_url=False, include_input=False):
+        parts = [str(part) for part in problem["loc"] if _is_field_part(part)]
+        field = ".".join(part[:QUOTE_CHARS] for part in parts) or "input"
+        message = "unknown field" if problem["type"] == "extra_forbidden" else problem["msg"]
+        messages = reasons.setdefault(field, [])
+        if (message := message.removeprefix("Value error, ")) not in messages:
+            messages.append(message)
     issues = []
-    for problem in error.errors(include_url=False):
-        field = ".".join(str(part) for part in problem["loc"]) or "input"
-        message = problem["msg"]
-        if problem["type"] == "extra_forbidden":
-            message = "unknown field"
-        issues.append(FieldIssue(field, message.removeprefix("Value error, ")))
+    for field, messages in reasons.items():
+        if all(message.startswith(_SHOULD_BE) for message in messages):
+            reason = _SHOULD_BE + " or ".join(message.removeprefix(_SHOULD_BE) for message in messages)
+        else:
+            reason = " or ".join(messages)
+        issues.append(FieldIssue(field, reason))
     return issues
-
-
-QUOTE_CHARS = 60  # a refused value is quoted at most this long: errors and log lines stay short
-
-
-def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
-    """`repr` of a caller's value, cut to a short prefix (with its full length) so an error never echoes a
-    megabyte of input back."""
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) <= limit:
-        return repr(text) if isinstance(value, str) else text
-    return f"{text[:limit]!r}… ({len(text)} characters)"
