@@ -143,6 +143,19 @@ _IP_ADAPTER_FILES = (
     "sdxl_models/image_encoder/model.safetensors",
 )
 
+# AceStepPipeline's folders, and the cover codec beside them (see "ace-step" below)
+_ACE_STEP_FILES = (
+    "model_index.json",
+    "transformer/config.json",
+    "condition_encoder/config.json",
+    "text_encoder/config.json",
+    "tokenizer/tokenizer.json",
+    "vae/config.json",
+    "scheduler/scheduler_config.json",
+    "cover/audio_tokenizer/config.json",
+    "cover/audio_token_detokenizer/config.json",
+)
+
 _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
     "sdxl-base": {
         "production": ModelSpec(
@@ -236,6 +249,36 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
             ),
             version="tiny",
             description="random-weight HeartMuLa in the official layout (demo and tests)",
+        ),
+    },
+    # XL turbo: the 4B DiT sounds better than the 2B one, and turbo's 8 guidance-free steps run one DiT pass per
+    # step (base/sft: CFG, 27-60 steps); about 11 GB resident in bf16, so it sits beside HeartMuLa on a 48 GB card.
+    # Its diffusers repo lacks the audio tokenizer/detokenizer that `cover` needs: those come from the XL sft repo
+    # (same encoder width and latent space) into cover/.
+    "ace-step": {
+        "production": ModelSpec(
+            name="ace-step",
+            parts=(
+                Part(
+                    kind="hub",
+                    repo_id="ACE-Step/acestep-v15-xl-turbo-diffusers",
+                    ignore_patterns=("audio_tokenizer/*", "audio_token_detokenizer/*"),
+                ),
+                Part(
+                    kind="hub",
+                    repo_id="ACE-Step/acestep-v15-xl-sft-diffusers",
+                    subdir="cover",
+                    allow_patterns=("audio_tokenizer/*", "audio_token_detokenizer/*"),
+                ),
+            ),
+            required_files=_ACE_STEP_FILES,
+            description="ACE-Step 1.5 XL turbo (diffusers), with the XL sft audio tokenizer for covers",
+        ),
+        "tiny": ModelSpec(
+            name="ace-step-tiny",
+            parts=(_builtin("ace-step-tiny"),),
+            required_files=_ACE_STEP_FILES,
+            description="random-weight ACE-Step 1.5 in the same layout (demo and tests)",
         ),
     },
     "ip-adapter-sdxl": {

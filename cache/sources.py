@@ -33,6 +33,7 @@ BUILTINS: dict[str, str | Generator] = {
     "sdxl-tiny": "cache.tiny.sdxl:build",
     "heartmula-tiny": "cache.tiny.heartmula:build",
     "ip-adapter-tiny": "cache.tiny.ip_adapter:build",
+    "ace-step-tiny": "cache.tiny.ace_step:build",
     "z-image-tiny": "cache.tiny.zimage:build",
     "flux2-klein-tiny": "cache.tiny.flux2:build",
 }

@@ -96,6 +96,21 @@ def _image_models(env: Mapping[str, str]) -> tuple[str, ...]:
     return models
 
 
+def _music_models(env: Mapping[str, str]) -> tuple[str, ...]:
+    """MUSIC_MODELS: the music engines loaded at start; a job for another one loads it on first use."""
+    from worker.schemas.music_job import MUSIC_MODELS
+
+    raw = env.get("MUSIC_MODELS", "").strip().lower()
+    named = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    models = MUSIC_MODELS if raw == "all" else named
+    unknown = [model for model in models if model not in MUSIC_MODELS]
+    if unknown:
+        raise ConfigError(
+            f"MUSIC_MODELS: unknown music model(s) {unknown}; valid: {', '.join(MUSIC_MODELS)}, all"
+        )
+    return models or ("heartmula",)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The worker's configuration. Build it with `Settings.from_env()`."""
@@ -129,6 +144,7 @@ class Settings:
     pod_run_retention_s: float = 1800.0
     pod_runsync_retention_s: float = 60.0
     image_models: tuple[str, ...] = ("sdxl-base",)
+    music_models: tuple[str, ...] = ("heartmula",)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,4 +181,5 @@ class Settings:
             pod_run_retention_s=_float(env, "POD_RUN_RETENTION_S", 1800.0),
             pod_runsync_retention_s=_float(env, "POD_RUNSYNC_RETENTION_S", 60.0),
             image_models=_image_models(env),
+            music_models=_music_models(env),
         )
