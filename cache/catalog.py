@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-SourceKind = Literal["hub", "local", "builtin"]
+from worker_client.jobs import JOB_TYPES
+
+SourceKind = Literal["hub", "local", "builtin", "ref"]
 Profile = Literal["production", "tiny"]
 PROFILES: tuple[Profile, ...] = ("production", "tiny")
 
@@ -23,7 +25,8 @@ _COMMIT_LENGTH = 40
 class Part:
     """One source of files, landing in `subdir` of the model folder ("" = the folder itself).
 
-    Exactly one of `repo_id` (kind "hub"), `path` (kind "local") or `generator` (kind "builtin") is set.
+    Exactly one of `repo_id` (kind "hub"), `path` (kind "local": a directory; kind "ref": a model reference, see
+    refs.py) or `generator` (kind "builtin") is set.
     `revision` is a commit or branch for the hub, and a version string for the other kinds (bump it to rebuild).
     """
 
@@ -37,9 +40,9 @@ class Part:
     ignore_patterns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        wanted = {"hub": "repo_id", "local": "path", "builtin": "generator"}.get(self.kind)
+        wanted = {"hub": "repo_id", "local": "path", "builtin": "generator", "ref": "path"}.get(self.kind)
         if wanted is None:
-            raise ValueError(f"unknown source kind {self.kind!r}: expected hub, local or builtin")
+            raise ValueError(f"unknown source kind {self.kind!r}: expected hub, local, builtin or ref")
         given = [name for name in ("repo_id", "path", "generator") if getattr(self, name)]
         if given != [wanted]:
             raise ValueError(f"a {self.kind} part needs exactly `{wanted}`, got {given or 'none'}")
@@ -177,40 +180,84 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
     "z-image-turbo": {
         "production": ModelSpec(
             name="z-image-turbo",
-            parts=(_hub("Tongyi-MAI/Z-Image-Turbo", "f332072aa78be7aecdf3ee76d5c247082da564a6", allow=(
-                "model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
-            )),),
+            parts=(
+                _hub(
+                    "Tongyi-MAI/Z-Image-Turbo",
+                    "f332072aa78be7aecdf3ee76d5c247082da564a6",
+                    allow=(
+                        "model_index.json",
+                        "scheduler/*",
+                        "text_encoder/*",
+                        "tokenizer/*",
+                        "transformer/*",
+                        "vae/*",
+                    ),
+                ),
+            ),
             required_files=(
-                "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-                "text_encoder/*.safetensors", "tokenizer/tokenizer_config.json", "transformer/config.json",
-                "transformer/*.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                "model_index.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "text_encoder/*.safetensors",
+                "tokenizer/tokenizer_config.json",
+                "transformer/config.json",
+                "transformer/*.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
             ),
             description="Z-Image-Turbo (6B DiT, Qwen3-4B text encoder), diffusers layout, bf16",
         ),
         "tiny": ModelSpec(
             name="z-image-tiny",
             parts=(_builtin("z-image-tiny"),),
-            required_files=("model_index.json", "transformer/config.json", "text_encoder/config.json", "tokenizer/*"),
+            required_files=(
+                "model_index.json",
+                "transformer/config.json",
+                "text_encoder/config.json",
+                "tokenizer/*",
+            ),
             description="random-weight Z-Image-shaped pipeline (demo and tests)",
         ),
     },
     "flux2-klein-4b": {
         "production": ModelSpec(
             name="flux2-klein-4b",
-            parts=(_hub("black-forest-labs/FLUX.2-klein-4B", "main", allow=(
-                "model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*",
-            )),),
+            parts=(
+                _hub(
+                    "black-forest-labs/FLUX.2-klein-4B",
+                    "main",
+                    allow=(
+                        "model_index.json",
+                        "scheduler/*",
+                        "text_encoder/*",
+                        "tokenizer/*",
+                        "transformer/*",
+                        "vae/*",
+                    ),
+                ),
+            ),
             required_files=(
-                "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-                "text_encoder/*.safetensors", "tokenizer/tokenizer_config.json", "transformer/config.json",
-                "transformer/*.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                "model_index.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "text_encoder/*.safetensors",
+                "tokenizer/tokenizer_config.json",
+                "transformer/config.json",
+                "transformer/*.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
             ),
             description="FLUX.2 [klein] 4B, step-distilled (4B DiT, Qwen3-4B text encoder), diffusers layout, bf16",
         ),
         "tiny": ModelSpec(
             name="flux2-klein-tiny",
             parts=(_builtin("flux2-klein-tiny"),),
-            required_files=("model_index.json", "transformer/config.json", "text_encoder/config.json", "tokenizer/*"),
+            required_files=(
+                "model_index.json",
+                "transformer/config.json",
+                "text_encoder/config.json",
+                "tokenizer/*",
+            ),
             description="random-weight FLUX.2 [klein]-shaped pipeline (demo and tests)",
         ),
     },
@@ -295,6 +342,35 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
             description="random-weight IP-Adapter (demo and tests)",
         ),
     },
+    # the training job's captioner for images without a caption; fetched on the first job that needs it
+    "blip-captioner": {
+        "production": ModelSpec(
+            name="blip-captioner",
+            parts=(
+                _hub(
+                    "Salesforce/blip-image-captioning-base",
+                    "82a37760796d32b1411fe092ab5d4e227313294b",
+                    allow=(
+                        "config.json",
+                        "preprocessor_config.json",
+                        "pytorch_model.bin",  # the only PyTorch weights at this commit (loaded weights-only)
+                        "special_tokens_map.json",
+                        "tokenizer.json",
+                        "tokenizer_config.json",
+                        "vocab.txt",
+                    ),
+                ),
+            ),
+            required_files=("config.json", "preprocessor_config.json", "pytorch_model.bin", "vocab.txt"),
+            description="BLIP image captioning (base), for training images without captions",
+        ),
+        "tiny": ModelSpec(
+            name="blip-tiny",
+            parts=(_builtin("blip-tiny"),),
+            required_files=("config.json", "model.safetensors", "vocab.txt"),
+            description="random-weight BLIP captioner (demo and tests): its captions are random words",
+        ),
+    },
 }
 
 JOB_MODELS: dict[str, tuple[str, ...]] = {
@@ -303,6 +379,9 @@ JOB_MODELS: dict[str, tuple[str, ...]] = {
     "training": ("sdxl-base",),
     "music": ("heartmula",),
 }
+# The job-type registry decides which job types exist; a type added there must say here which models it needs.
+if set(JOB_MODELS) != set(JOB_TYPES):
+    raise RuntimeError(f"catalog.JOB_MODELS covers {sorted(JOB_MODELS)}, the job types are {list(JOB_TYPES)}")
 
 
 def names() -> list[str]:
@@ -325,6 +404,6 @@ def for_jobs(jobs: Iterable[str], profile: Profile) -> list[ModelSpec]:
     wanted: dict[str, None] = {}
     for job in jobs:
         if job not in JOB_MODELS:
-            raise KeyError(f"unknown job type {job!r}; known: {', '.join(sorted(JOB_MODELS))}")
+            raise KeyError(f"unknown job type {job!r}; known: {', '.join(JOB_TYPES)}")
         wanted.update(dict.fromkeys(JOB_MODELS[job]))
     return [get(name, profile) for name in wanted]

@@ -44,6 +44,10 @@ class SourceError(CacheError):
     """The source failed for another reason (network, offline mode, generator crash)."""
 
 
+class ModelKindError(CacheError):
+    """A model a job named is not the kind of file it needs (a LoRA given as a checkpoint, an SD 1.5 file...)."""
+
+
 class LeaseLostError(CacheError):
     """Another worker took over this worker's download lock (its lease expired while it was paused)."""
 

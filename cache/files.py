@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import VerificationError
@@ -29,6 +29,9 @@ class Listing:
     revision: str
     files: dict[str, RemoteFile]
     origin: str
+    meta: dict = field(
+        default_factory=dict
+    )  # recorded in the manifest (a reference's file kind, CivitAI's base)
 
 
 def scan_files(root: Path) -> dict[str, RemoteFile]:

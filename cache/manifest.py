@@ -66,6 +66,12 @@ def read_manifest(path: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
 
 
+def ref_meta(path: Path) -> dict:
+    """What the source of a published reference recorded (its file name and kind), or {}."""
+    parts = (read_manifest(path) or {}).get("parts") or [{}]
+    return parts[0].get("meta") or {}
+
+
 def file_entry(size: int, sha256: str | None) -> dict:
     return {"size": size, "sha256": sha256} if sha256 else {"size": size}
 

@@ -5,6 +5,8 @@ Layout under `models_dir` (see DESIGN.md, "Paths on the volume"):
     .staging/<name>--<spec12>/<claim>/  a holder's work in progress; the next holder adopts it by rename
     .staging/.trash/                folders being deleted (renamed here first, so no one else writes into them)
     .locks/<name>.lock              the lease lock
+    .refs/<name>.json               what a model reference resolved to (ref_sources.py)
+    .usage/ .inuse/ .keep/          last use, readers' holds and keep marks of on-demand models (usage.py)
 """
 
 from __future__ import annotations
@@ -16,48 +18,39 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable
-from contextlib import suppress
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from . import inventory
+from .cache_settings import CacheSettings
 from .catalog import ModelSpec, Part
-from .errors import CacheError, InsufficientSpaceError, LeaseLostError
+from .errors import CacheError, InsufficientSpaceError, LeaseLostError, ModelKindError
 from .files import HF_LOCAL_DIR_CACHE, MANIFEST_NAME, Listing, has_size, tree_size, verify_delivery
-from .lock import ModelLease, Progress, acquire_lease, describe_holder, human_bytes, thread_gate
+from .inventory import ModelStatus
+from .lock import ModelLease, Progress, acquire_lease, human_bytes, thread_gate
 from .manifest import (
     MANIFEST_FORMAT,
-    OTHER_SPEC,
     check_layout,
     file_entry,
-    files_problem,
     fsync_dir,
     manifest_problem,
-    read_manifest,
+    ref_meta,
     write_json,
 )
+from .ref_sources import RefContext
+from .refs import ModelRef, parse_ref
+from .remote import Remote
+from .safetensors_header import Want, kind_problem
 from .sources import LocalSource, Source, open_source
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 
 # Headroom kept free beyond the listed sizes: filesystem overhead and huggingface_hub's bookkeeping files.
 _SPACE_RESERVE = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One model as `python -m cache status` shows it."""
-
-    name: str
-    state: str  # complete | outdated | damaged | missing
-    path: Path | None
-    size_bytes: int = 0
-    revisions: dict[str, str] = field(default_factory=dict)
-    holder: str | None = None
-    staged_bytes: int = 0
-    problem: str | None = None
 
 
 class ModelCache:
@@ -71,14 +64,90 @@ class ModelCache:
         verify_sha256: bool = False,
         runpod_hf_cache_dir: Path | None = None,
         baked_dir: Path | None = None,
+        remote: Remote | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.lease_s = lease_s
         self.verify_sha256 = verify_sha256
         self.runpod_hf_cache_dir = runpod_hf_cache_dir
         self.baked_dir = baked_dir
+        self.remote = remote or Remote()
+        self.max_bytes = max_bytes
         self.staging_dir = self.models_dir / ".staging"
         self.locks_dir = self.models_dir / ".locks"
+        self.usage = Usage(self.models_dir, lease_s)
+        # on-demand models this process prefetched: never evicted while it runs (others see their keep marks)
+        self.protected: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, models_dir: Path, settings: CacheSettings) -> ModelCache:
+        remote = Remote.build(
+            hf_endpoint=settings.hf_endpoint,
+            hf_token=settings.hf_token,
+            civitai_api_url=settings.civitai_api_url,
+            civitai_token=settings.civitai_token,
+            allow_private=settings.allow_private_urls,
+        )
+        return cls(
+            models_dir,
+            lease_s=settings.cache_lease_s,
+            verify_sha256=settings.cache_verify_sha256,
+            runpod_hf_cache_dir=settings.runpod_hf_cache_dir,
+            baked_dir=settings.baked_models_dir,
+            remote=remote,
+            max_bytes=settings.max_bytes,
+        )
+
+    @staticmethod
+    def ref_spec(ref: ModelRef) -> ModelSpec:
+        """The spec of a reference's folder: derived from the reference's text alone, so a warm lookup is local."""
+        required = () if ref.single_file else ("model_index.json",)
+        return ModelSpec(
+            ref.folder_name, parts=(Part(kind="ref", path=ref.text, revision="1"),), required_files=required
+        )
+
+    def fetch(self, ref: str | ModelRef, timeout: float) -> Path:
+        """The local path of a reference (its file, or its folder for a repo), fetching it if nobody has."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        folder = self.ensure(self.ref_spec(ref), timeout)
+        self.usage.touch(ref.folder_name)
+        return folder / self._file_of(folder) if ref.single_file else folder
+
+    @contextmanager
+    def use(self, ref: str | ModelRef, timeout: float, want: Want | None = None) -> Iterator[Path]:
+        """`fetch`, holding the model for the block so that no worker evicts it meanwhile; with `want`, the file
+        must be that kind of safetensors file (ModelKindError says what it is instead)."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        # The hold comes first: an evicter that looks after this sees it; one that looked before, we see it took
+        # the folder away and fetch it again.
+        hold = self.usage.hold(ref.folder_name)
+        try:
+            path = self.fetch(ref, timeout)
+            if want is not None and (problem := kind_problem(path, want, ref_meta(path.parent).get("kind"))):
+                raise ModelKindError(f"{ref.text} {problem}")
+            yield path
+        finally:
+            hold.release()
+
+    def prefetch(self, refs: Iterable[str], timeout: float) -> dict[str, Path]:
+        """Fetch each reference (within one `timeout`) and keep it: never evicted, by this or another worker."""
+        deadline = time.monotonic() + timeout
+        paths = {}
+        for text in refs:
+            ref = parse_ref(text)
+            paths[ref.text] = self.fetch(ref, max(deadline - time.monotonic(), 0.0))
+            self.usage.keep(ref.folder_name)
+            self.protected.add(ref.folder_name)
+        return paths
+
+    @staticmethod
+    def _file_of(folder: Path) -> str:
+        if (name := ref_meta(folder).get("file")) is None:
+            raise CacheError(
+                f"{folder.name} was published without its file name; remove it (python -m cache rm)"
+            )
+        return name
 
     def ensure(self, spec: ModelSpec, timeout: float) -> Path:
         """The model's folder, downloading it if no one has; waits at most `timeout` seconds for another worker."""
@@ -95,12 +164,7 @@ class ModelCache:
 
     def status(self, specs: Iterable[ModelSpec] = ()) -> list[ModelStatus]:
         """Every model on the volume (and baked into the image), plus the given specs even when missing."""
-        wanted = {spec.name: spec for spec in specs}
-        found = set(wanted)
-        for root in (self.models_dir, self.baked_dir):
-            if root is not None and root.is_dir():
-                found.update(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        return [self._status_of(name, wanted.get(name)) for name in sorted(found)]
+        return inventory.status(self, specs)
 
     def _ensure(self, spec: ModelSpec, timeout: float, seed_from: Path | None) -> Path:
         started = time.monotonic()
@@ -163,11 +227,23 @@ class ModelCache:
 
     def _fill(self, spec: ModelSpec, claim: Path, lease: ModelLease, seed_from: Path | None) -> dict:
         parts = (Part(kind="local", path=str(seed_from)),) if seed_from else spec.parts
-        sources = [open_source(part, self.runpod_hf_cache_dir) for part in parts]
+        context = RefContext(self.remote, self.models_dir / ".refs")
+        sources = [open_source(part, self.runpod_hf_cache_dir, context) for part in parts]
         listings: list[Listing | None] = []
         for part, source in zip(parts, sources):
             lease.check()
             listings.append(_labelled(spec, part, source.list))
+        if self.max_bytes is not None and parts[0].kind == "ref":
+            size = sum(f.size for listing in listings if listing for f in listing.files.values())
+            deadline = time.monotonic() + 10 * self.lease_s
+            self.usage.make_room(
+                size,
+                self.max_bytes,
+                what=parts[0].ref,
+                exclude=spec.name,
+                protected=self.protected,
+                deadline=deadline,
+            )
         self._check_space(spec, claim, parts, sources, listings)
         files: dict[str, dict] = {}
         records = []
@@ -186,7 +262,8 @@ class ModelCache:
             _labelled(spec, part, partial(verify_delivery, dest, listing, hash_check=self.verify_sha256))
             for rel, info in listing.files.items():
                 files[f"{part.subdir}/{rel}" if part.subdir else rel] = file_entry(info.size, info.sha256)
-            records.append({"part": part.describe(), "revision": listing.revision, "origin": listing.origin})
+            record = {"part": part.describe(), "revision": listing.revision, "origin": listing.origin}
+            records.append({**record, "meta": listing.meta} if listing.meta else record)
         # huggingface_hub's bookkeeping lets an adopted folder skip finished files; the manifest replaces it now.
         for part in parts:
             shutil.rmtree(claim / part.subdir / HF_LOCAL_DIR_CACHE, ignore_errors=True)
@@ -269,10 +346,10 @@ class ModelCache:
 
     def _clean_staging(self, spec: ModelSpec) -> None:
         """Remove staging folders of this model's name: partial downloads that the published copy supersedes."""
-        for group in self._staging_groups(spec.name):
+        for group in self.staging_groups(spec.name):
             self._discard(group)
 
-    def _staging_groups(self, name: str) -> list[Path]:
+    def staging_groups(self, name: str) -> list[Path]:
         pattern = re.compile(rf"{re.escape(name)}--[0-9a-f]{{12}}")
         if not self.staging_dir.is_dir():
             return []
@@ -294,27 +371,6 @@ class ModelCache:
         if trash.is_dir():
             for grave in trash.iterdir():
                 shutil.rmtree(grave, ignore_errors=True)
-
-    def _status_of(self, name: str, spec: ModelSpec | None) -> ModelStatus:
-        lock = self.locks_dir / f"{name}.lock"
-        holder = describe_holder(lock, self.lease_s) if lock.exists() else None
-        staged = sum(tree_size(group) for group in self._staging_groups(name))
-        for root in (self.baked_dir, self.models_dir):
-            if root is None or not (root / name).is_dir():
-                continue
-            path = root / name
-            manifest = read_manifest(path)
-            if manifest is None:
-                return ModelStatus(name, "damaged", path, tree_size(path), {}, holder, staged, "no manifest")
-            problem = files_problem(path, manifest)
-            state = "damaged" if problem else "complete"
-            if not problem and spec is not None and manifest.get("fingerprint") != spec.fingerprint:
-                state, problem = "outdated", OTHER_SPEC
-            revisions = {p["part"]: p["revision"] for p in manifest.get("parts", [])}
-            return ModelStatus(
-                name, state, path, manifest.get("total_bytes", 0), revisions, holder, staged, problem
-            )
-        return ModelStatus(name, "missing", None, 0, {}, holder, staged, None)
 
 
 def _labelled(spec: ModelSpec, part: Part, call):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from .catalog import Part
 from .errors import ModelNotFoundError, SourceError, hub_errors
 from .files import HF_LOCAL_DIR_CACHE, Listing, RemoteFile, has_size, scan_files
+from .ref_sources import RefContext, RefSource
 
 if TYPE_CHECKING:
     from .lock import Progress
@@ -33,10 +34,12 @@ BUILTINS: dict[str, str | Generator] = {
     "sdxl-tiny": "cache.tiny.sdxl:build",
     "heartmula-tiny": "cache.tiny.heartmula:build",
     "ip-adapter-tiny": "cache.tiny.ip_adapter:build",
-    "ace-step-tiny": "cache.tiny.ace_step:build",
     "z-image-tiny": "cache.tiny.zimage:build",
     "flux2-klein-tiny": "cache.tiny.flux2:build",
+    "ace-step-tiny": "cache.tiny.ace_step:build",
+    "blip-tiny": "cache.tiny.blip:build",
 }
+
 
 def register_builtin(name: str, generator: str | Generator) -> None:
     """Add a builtin generator: a `build(dest: Path) -> None` callable or its "module:function" path."""
@@ -53,8 +56,12 @@ class Source(Protocol):
         """Write the files into `dest` (which may hold files of an earlier, interrupted fetch); return the listing."""
 
 
-def open_source(part: Part, runpod_hf_cache_dir: Path | None) -> Source:
+def open_source(part: Part, runpod_hf_cache_dir: Path | None, refs: RefContext | None = None) -> Source:
     """The source for `part`; a hub part already in RunPod's model cache is taken from there, without network."""
+    if part.kind == "ref":
+        if refs is None:
+            raise SourceError(f"{part.ref}: this cache was opened without network settings for references")
+        return RefSource(part, refs)
     if part.kind == "hub":
         cached = runpod_snapshot(part, runpod_hf_cache_dir) if runpod_hf_cache_dir else None
         return cached or HubSource(part)

@@ -108,3 +108,40 @@ def staging_leftovers(models: Path) -> list[str]:
     if not staging.is_dir():
         return []
     return sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.name != ".trash")
+
+
+def safetensors_bytes(tensors: dict[str, int], seed: int = 0) -> bytes:
+    """A valid `.safetensors` file of float32 tensors with random values: name -> element count."""
+    header, offset = {}, 0
+    for name, count in tensors.items():
+        header[name] = {"dtype": "F32", "shape": [count], "data_offsets": [offset, offset + 4 * count]}
+        offset += 4 * count
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + random_bytes(seed, offset)
+
+
+def sdxl_checkpoint_bytes(size: int = 1_000_000, seed: int = 0) -> bytes:
+    """Shaped like an SDXL single-file checkpoint to its header (UNet, VAE, both text encoders); about `size` bytes."""
+    quarter = size // 16
+    return safetensors_bytes(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": quarter,
+            "first_stage_model.decoder.conv_in.weight": quarter,
+            "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": quarter,
+            "conditioner.embedders.1.model.ln_final.weight": quarter,
+        },
+        seed,
+    )
+
+
+def lora_bytes(size: int = 200_000, seed: int = 0) -> bytes:
+    """Shaped like a kohya SDXL LoRA to its header."""
+    half = size // 8
+    return safetensors_bytes(
+        {
+            "lora_unet_input_blocks_4_1_proj_in.lora_down.weight": half,
+            "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": half,
+        },
+        seed,
+    )

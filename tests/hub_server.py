@@ -2,7 +2,8 @@
 
 Point the client at it with `HF_ENDPOINT=<hub.endpoint>`. It serves:
     GET  /api/models/{repo}/revision/{rev}        {"id", "sha", "siblings"}
-    GET  /api/models/{repo}/tree/{rev}?recursive  entries with type, path, size, oid and, for LFS files, lfs
+    GET  /api/models/{repo}/tree/{rev}[/{folder}][?recursive=true]  entries with type, path, size, oid and, for
+                                                  LFS files, lfs (without recursive: the folder's own entries)
     HEAD /{repo}/resolve/{rev}/{path}             small files: ETag, X-Repo-Commit, Content-Length;
                                                   LFS files: 302 to a CDN host with X-Linked-Etag / X-Linked-Size
     GET  /{repo}/resolve/{rev}/{path}, /cdn/{sha256}   the bytes (Range -> 206)
@@ -18,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -66,7 +67,15 @@ class FakeRepo:
         content = self.files[path]
         return hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()
 
-    def tree(self) -> list[dict]:
+    def tree(self, folder: str = "", *, recursive: bool = True) -> list[dict]:
+        prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+        return [
+            e
+            for e in self._tree()
+            if e["path"].startswith(prefix) and (recursive or "/" not in e["path"][len(prefix) :])
+        ]
+
+    def _tree(self) -> list[dict]:
         entries: list[dict] = []
         folders = sorted({"/".join(p.split("/")[:i]) for p in self.files for i in range(1, p.count("/") + 1)})
         for folder in folders:
@@ -93,10 +102,13 @@ class HubStats:
         self.requests: Counter[str] = Counter()
         self.file_bytes = 0
         self.bytes_by_path: Counter[str] = Counter()
+        # the Authorization header of each request, by kind: where a token went
+        self.authorization: defaultdict[str, list[str | None]] = defaultdict(list)
 
-    def count(self, kind: str) -> None:
+    def count(self, kind: str, authorization: str | None = None) -> None:
         with self._lock:
             self.requests[kind] += 1
+            self.authorization[kind].append(authorization)
 
     def sent(self, path: str, n: int) -> None:
         with self._lock:
@@ -182,17 +194,26 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._route(head=True)
 
         def _route(self, *, head: bool) -> None:
-            path = urlsplit(self.path).path
+            split = urlsplit(self.path)
+            path = split.path
+            auth = self.headers.get("Authorization")
             if match := _API.fullmatch(path):
-                hub.stats.count("api")
-                self._api(unquote(match["repo"]), match["op"], unquote(match["rev"]))
+                hub.stats.count("api", auth)
+                recursive = "recursive=true" in split.query.lower() or "recursive=1" in split.query
+                self._api(
+                    unquote(match["repo"]),
+                    match["op"],
+                    unquote(match["rev"]),
+                    unquote(match["path"] or ""),
+                    recursive,
+                )
             elif match := _RESOLVE.fullmatch(path):
-                hub.stats.count("head" if head else "get")
+                hub.stats.count("head" if head else "get", auth)
                 self._resolve(
                     unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"]), head=head
                 )
             elif match := _CDN.fullmatch(path):
-                hub.stats.count("cdn")
+                hub.stats.count("cdn", auth)
                 found = hub.blob(match["sha"])
                 if found is None:
                     self._error(404, "EntryNotFound", "blob not found")
@@ -226,7 +247,9 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return None
             return repo, commit
 
-        def _api(self, repo_id: str, op: str, revision: str) -> None:
+        def _api(
+            self, repo_id: str, op: str, revision: str, folder: str = "", recursive: bool = True
+        ) -> None:
             found = self._repo(repo_id, revision)
             if found is None:
                 return
@@ -238,7 +261,7 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     "siblings": [{"rfilename": p} for p in sorted(repo.files)],
                 }
             else:
-                body = repo.tree()
+                body = repo.tree(folder, recursive=recursive)
             self._send_json(body)
 
         def _resolve(self, repo_id: str, revision: str, path: str, *, head: bool) -> None:

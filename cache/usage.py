@@ -1,0 +1,226 @@
+"""Who uses which model, when it was last used, and evicting on-demand models to fit CACHE_MAX_GB.
+
+On the volume, beside the models (every worker sees the same):
+    .usage/<name>          its mtime is the model's last use
+    .inuse/<name>/<holder> one file per reader (host, pid, token) that holds the model; its mtime is a heartbeat
+    .keep/<name>           a model prefetched or warmed at start by some endpoint; refreshed at each start
+
+Evicting and using race safely without a lock shared by readers: a reader creates its hold first and then looks
+for the model; the evicter (one at a time, under `.locks/.evict.lock`) renames a model into the trash only when it
+sees no hold, then looks again and renames it back if a hold appeared meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CacheError
+from .lock import ModelLease, acquire_lease, human_bytes
+from .manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+KEEP_S = 7 * 24 * 3600  # a keep mark no endpoint refreshed for a week no longer protects its model
+_TOUCH_EVERY_S = 60.0
+
+
+class BudgetError(CacheError):
+    """An on-demand model does not fit in CACHE_MAX_GB, even after evicting what may be evicted."""
+
+
+@dataclass(frozen=True)
+class OnDemandModel:
+    name: str
+    ref: str
+    size: int
+    last_used: float
+
+
+class Hold:
+    """A reader's claim on a model, visible to every worker; refreshed by a thread until released."""
+
+    def __init__(self, folder: Path, lease_s: float) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{socket.gethostname()}--{os.getpid()}--{uuid.uuid4().hex[:8]}"
+        self.path.touch()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(lease_s / 3,), name="model-hold", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+
+class Usage:
+    def __init__(self, models_dir: Path, lease_s: float) -> None:
+        self.models_dir = models_dir
+        self.lease_s = lease_s
+
+    def touch(self, name: str) -> None:
+        """Record a use now (at most once a minute per model: it is a write to the network volume)."""
+        path = self.models_dir / ".usage" / name
+        try:
+            if time.time() - path.stat().st_mtime < _TOUCH_EVERY_S:
+                return
+            os.utime(path)
+        except FileNotFoundError:
+            with suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+
+    def last_used(self, name: str) -> float | None:
+        try:
+            return (self.models_dir / ".usage" / name).stat().st_mtime
+        except OSError:
+            return None
+
+    def hold(self, name: str) -> Hold:
+        return Hold(self.models_dir / ".inuse" / name, self.lease_s)
+
+    def holders(self, name: str) -> list[str]:
+        """The live holds on `name` ("host pid"); stale ones (a dead process, a lapsed heartbeat) are removed."""
+        folder = self.models_dir / ".inuse" / name
+        live = []
+        for marker in folder.iterdir() if folder.is_dir() else ():
+            host, _, rest = marker.name.partition("--")
+            pid = rest.partition("--")[0]
+            try:
+                age = time.time() - marker.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            dead_here = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+            if dead_here or age > 2 * self.lease_s:
+                marker.unlink(missing_ok=True)
+                continue
+            live.append(f"{host} pid {pid}")
+        return live
+
+    def keep(self, name: str) -> None:
+        path = self.models_dir / ".keep" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def kept(self, name: str) -> bool:
+        try:
+            return time.time() - (self.models_dir / ".keep" / name).stat().st_mtime < KEEP_S
+        except OSError:
+            return False
+
+    def forget(self, name: str) -> None:
+        for folder in (".usage", ".keep"):
+            (self.models_dir / folder / name).unlink(missing_ok=True)
+
+    def on_demand(self) -> list[OnDemandModel]:
+        """The published on-demand (reference) models on the volume, least recently used first."""
+        found = []
+        for folder in self.models_dir.iterdir() if self.models_dir.is_dir() else ():
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            manifest = read_manifest(folder)
+            ref = _ref_of(manifest)
+            if manifest is None or ref is None:
+                continue
+            published = (folder / ".complete.json").stat().st_mtime
+            found.append(
+                OnDemandModel(
+                    folder.name, ref, manifest.get("total_bytes", 0), self.last_used(folder.name) or published
+                )
+            )
+        return sorted(found, key=lambda m: m.last_used)
+
+    def remove(self, name: str) -> bool:
+        """Delete published model `name` unless someone holds it (False then)."""
+        target = self.models_dir / name
+        if self.holders(name) or not target.is_dir():
+            return False
+        trash = self.models_dir / ".staging" / ".trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        grave = trash / uuid.uuid4().hex
+        try:
+            target.rename(grave)
+        except FileNotFoundError:
+            return False
+        if self.holders(name):
+            # a reader took a hold between our look and the rename; it may have found the folder: put it back
+            grave.rename(target)
+            return False
+        shutil.rmtree(grave, ignore_errors=True)
+        self.forget(name)
+        return True
+
+    def make_room(
+        self, needed: int, budget: int, *, what: str, exclude: str, protected: Iterable[str], deadline: float
+    ) -> list[str]:
+        """Evict least recently used on-demand models until `needed` more bytes fit in `budget`; their names."""
+        if needed > budget:
+            raise BudgetError(
+                f"{what} needs {human_bytes(needed)}, more than CACHE_MAX_GB={budget / 1e9:g} allows: raise CACHE_MAX_GB"
+            )
+        protected = set(protected)
+        lease = ModelLease(self.models_dir / ".locks" / ".evict.lock", self.lease_s)
+        acquire_lease(lease, deadline, "the eviction lock", lambda: False)
+        try:
+            models = [m for m in self.on_demand() if m.name != exclude]
+            used = sum(m.size for m in models)
+            evicted, blocked = [], []
+            for model in models:
+                if used + needed <= budget:
+                    break
+                reason = self._protection(model.name, protected)
+                if reason is None and self.remove(model.name):
+                    used -= model.size
+                    evicted.append(model.name)
+                    log.info(
+                        "evicted %s (%s, %s) to fit %s", model.ref, model.name, human_bytes(model.size), what
+                    )
+                else:
+                    blocked.append(f"{model.ref} ({reason or 'in use'})")
+            if used + needed > budget:
+                raise BudgetError(
+                    f"{what} needs {human_bytes(needed)} but CACHE_MAX_GB={budget / 1e9:g} holds "
+                    f"{human_bytes(used)} of models that may not be evicted now: {', '.join(blocked[:5])}; raise "
+                    "CACHE_MAX_GB or retry when they are no longer in use"
+                )
+            return evicted
+        finally:
+            lease.release()
+
+    def _protection(self, name: str, protected: set[str]) -> str | None:
+        if name in protected or self.kept(name):
+            return "prefetched or warmed at start"
+        if holders := self.holders(name):
+            return f"in use by {holders[0]}"
+        return None
+
+
+def _ref_of(manifest: dict | None) -> str | None:
+    parts = (manifest or {}).get("spec", {}).get("parts", [])
+    return parts[0].get("path") if len(parts) == 1 and parts[0].get("kind") == "ref" else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
