@@ -39,12 +39,12 @@ def training_job_lora(job_id: str, store: JobStore, field: str) -> Path:
 
 def check_lora_family(path: Path, family: Family, field: str) -> None:
     """Refuse a LoRA whose keys are not `family`'s module names, naming the family they are."""
-    from safetensors import SafetensorsError, safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
-    except (SafetensorsError, OSError) as error:
+    except (SafetensorError, OSError) as error:
         raise JobInputError(field, f"not a readable .safetensors file ({error})") from None
     found = lora_family(keys)
     if found is None:
