@@ -1,0 +1,95 @@
+"""The GPU run's entry (bench/gpu/run.sh), tested where there is no GPU: its step runner, and the whole run at tiny
+size on the CPU (`--cpu-smoke`), which goes through every step the GPU run takes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.gpu import gpu_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_step(name: str, code: str, cap_s: float = 30.0) -> gpu_report.Step:
+    return gpu_report.Step(name, [sys.executable, "-c", code], cap_s, gpu_report.last_json)
+
+
+def test_a_failing_or_overrunning_step_is_a_row_and_the_others_still_run(tmp_path: Path) -> None:
+    steps = [
+        python_step("fails", "import sys; print('{\"a\": 1}'); sys.exit(3)"),
+        python_step("no figures", "print('done')"),
+        python_step("overruns", "import subprocess; subprocess.run(['sleep', '60'])", cap_s=4.0),
+        # now less than MIN_STEP_S is left: a step with a shorter cap still runs, a longer one is skipped
+        python_step("ok", "print('{\"steps_per_s\": 2.5}')", cap_s=2.0),
+        python_step("late", "print('{}')"),
+    ]
+    report = tmp_path / "report.json"
+    budget_s = gpu_report.MIN_STEP_S + 3
+    rows = gpu_report.run_all(steps, budget_s=budget_s, report=report, meta={"mode": "test"})
+    assert [(row.step, row.status) for row in rows] == [
+        ("fails", "failed"),
+        ("no figures", "failed"),
+        ("overruns", "timeout"),
+        ("ok", "ok"),
+        ("late", "skipped"),
+    ]
+    assert rows[0].figures == {"a": 1} and rows[0].error.startswith("exit 3")
+    assert "no JSON line" in rows[1].error
+    assert rows[2].seconds < 8  # the whole process group went, the child `sleep` with it
+    saved = json.loads(report.read_text())
+    assert saved["ok"] is False and saved["steps"][3]["figures"] == {"steps_per_s": 2.5}
+    table = gpu_report.table(rows)
+    assert "steps_per_s=2.5" in table and "no time left" in table
+
+
+def test_music_modes_follow_the_benchs_help() -> None:
+    assert gpu_report.music_modes("  --part {lm,codec,both}\n  --compile  torch.compile") == [
+        ("eager", []),
+        ("compiled", ["--compile"]),
+    ]
+    help_text = "  --decode {eager,static,graph}\n                        how the LM decodes\n  --compile"
+    assert [label for label, _ in gpu_report.music_modes(help_text)] == [
+        "eager",
+        "static",
+        "graph",
+        "compiled",
+    ]
+    assert gpu_report.music_modes(help_text)[2] == ("graph", ["--decode", "graph"])
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_every_step(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu" / "run.sh"), "--cpu-smoke", "--work", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+        check=False,
+    )
+    report = json.loads((tmp_path / "gpu_report.json").read_text())
+    statuses = {row["step"]: row["status"] for row in report["steps"]}
+    assert done.returncode == 0, (statuses, done.stdout[-3000:])
+    assert report["mode"] == "cpu-smoke" and report["ok"] is True
+    for prefix in (
+        "0 models",
+        "1 cuda tests",
+        "2 music LM",
+        "2 music codec",
+        "3 SDXL eager",
+        "4 LoRA",
+        "5 load",
+    ):
+        assert any(step.startswith(prefix) for step in statuses), prefix
+    assert any(step == "3 SDXL compiled" for step in statuses)
+    rows = {row["step"]: row for row in report["steps"]}
+    assert rows["1 cuda tests"]["figures"]["skipped"] >= 5  # the CUDA tests are collected and skip here
+    assert rows["5 load"]["figures"]["heartmula_load_s"] > 0
+    assert all(step in done.stdout for step in statuses)  # the table is printed
