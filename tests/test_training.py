@@ -36,9 +36,15 @@ from worker.training.kohya import kohya_module_name, sgm_unet_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# kohya's networks.lora set: every Linear of the transformer blocks, and each Transformer2DModel's projections
 KOHYA_UNET_KEY = re.compile(
-    r"^lora_unet_(input_blocks_[4578]_1|middle_block_1|output_blocks_[0-5]_1)_transformer_blocks_\d_attn[12]_"
-    r"to_(q|k|v|out_0)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+    r"^lora_unet_(input_blocks_[4578]_1|middle_block_1|output_blocks_[0-5]_1)_"
+    r"(transformer_blocks_\d_(attn[12]_to_(q|k|v|out_0)|ff_net_0_proj|ff_net_2)|proj_in|proj_out)"
+    r"\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+KOHYA_UNET_MODULE = re.compile(
+    r"attentions\.\d+\.(transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj|ff\.net\.2)"
+    r"|proj_in|proj_out)$"
 )
 
 
@@ -88,7 +94,8 @@ def test_kohya_file_keys_alpha_and_metadata(chain: Chain, lab: Lab) -> None:
         k for k in keys if not KOHYA_UNET_KEY.match(k)
     ]
     modules = {key.rsplit(".", 2)[0] for key in keys if key.endswith(".lora_down.weight")}
-    assert len(modules) == 17 * 2 * 4  # 17 transformer blocks x (attn1, attn2) x (q, k, v, out)
+    # 17 transformer blocks x (attn1, attn2 x (q, k, v, out) + ff in, ff out) + 11 Transformer2DModels x (in, out)
+    assert len(modules) == 17 * 10 + 11 * 2
     assert len(keys) == 3 * len(modules)
     for module in modules:
         down, up = tensors[f"{module}.lora_down.weight"], tensors[f"{module}.lora_up.weight"]
@@ -99,7 +106,7 @@ def test_kohya_file_keys_alpha_and_metadata(chain: Chain, lab: Lab) -> None:
     trained = {
         kohya_module_name("unet", name, 2)
         for name, _ in unet.named_modules()
-        if re.search(r"attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", name)
+        if KOHYA_UNET_MODULE.search(name)
     }
     assert modules == trained
     assert metadata["ss_network_module"] == "networks.lora"
@@ -271,6 +278,7 @@ def test_folder_dataset_without_latent_cache_and_a_warmup_schedule(chain: Chain,
         **TRAINING,
         "dataset_path": "/runpod-volume/datasets/mixed",
         "trigger_word": "zzk",
+        "auto_caption": False,
         "steps": 3,
         "cache_latents": False,
         "gradient_checkpointing": False,
@@ -350,10 +358,13 @@ def test_bad_images_and_datasets_are_field_errors(chain: Chain, lab: Lab) -> Non
             "images.1.image: 8000x8000 is over",
         ),
         ({"images": [good] * 5}, "images: at most 4 inline images (MAX_INLINE_IMAGES)"),
-        ({"dataset_path": "../../etc"}, "dataset_path: '../../etc' is outside the volume"),
+        ({"dataset_path": "../../etc"}, "dataset_path: outside the volume"),
         ({"dataset_path": "datasets/empty"}, "dataset_path: no images"),
-        ({"dataset_path": "datasets/uncaptioned"}, "dataset_path: 0002.png has no caption (0002.txt)"),
-        ({"dataset_path": "datasets/damaged"}, "dataset_path: 0001.png: not a readable PNG"),
+        (
+            {"dataset_path": "datasets/uncaptioned", "auto_caption": False},
+            "dataset_path: 0002.png has no caption (0002.txt); add one, give trigger_word or leave auto_caption on",
+        ),
+        ({"dataset_path": "datasets/damaged"}, "dataset_path[0001.png]: not a readable PNG"),
         ({"dataset_job_id": "never-ran"}, "dataset_job_id: no finished job 'never-ran'"),
         ({"dataset_job_id": "chain-training"}, "dataset_job_id: job 'chain-training' is a training job"),
     ]

@@ -104,7 +104,9 @@ class Lab:
             if on_progress is not None:
                 on_progress(payload)
 
-        ctx = JobContext(JobRequest(job_id, job), folder, Progress(sink, 0.0), cancel_event or threading.Event())
+        ctx = JobContext(
+            JobRequest(job_id, job), folder, Progress(sink, 0.0), cancel_event or threading.Event()
+        )
         try:
             output = self.pipelines[job.type].run(job, ctx)
         except JobInputError as error:
@@ -126,12 +128,16 @@ def build_lab(root: Path, sdxl_dir: Path, ip_adapter_dir: Path) -> Lab:
 
     store = JobStore(root / "job_data")
     pipelines: dict[str, Any] = {}
-    models = {"sdxl-base": sdxl_dir, "ip-adapter-sdxl": ip_adapter_dir}
+    models = {
+        "sdxl-base": lambda: sdxl_dir,
+        "ip-adapter-sdxl": lambda: ip_adapter_dir,
+        "blip-captioner": lambda: tiny_blip_dir(root / "blip-tiny"),
+    }
     env = LoadEnv(
         settings=Settings(volume_root=root, model_profile="tiny", max_inline_images=4),
         volume=resolve_volume(root),
         files=VolumeFiles(root, [store.root]),
-        models=lambda name: models[name],
+        models=lambda name: models[name](),
         device="cpu",
         profile="tiny",
         store=store,
@@ -141,6 +147,16 @@ def build_lab(root: Path, sdxl_dir: Path, ip_adapter_dir: Path) -> Lab:
         pipeline.load(env)
         pipelines[pipeline.job_type] = pipeline
     return Lab(root, store, pipelines)
+
+
+def tiny_blip_dir(dest: Path) -> Path:
+    """The tiny BLIP captioner in `dest`, built on first use (only auto-caption jobs ask for it)."""
+    if not (dest / "config.json").is_file():
+        from cache.tiny.blip import build
+
+        with single_thread():
+            build(dest)
+    return dest
 
 
 @pytest.fixture(scope="session", name="tiny_ip_adapter_dir")

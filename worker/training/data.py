@@ -1,10 +1,13 @@
-"""Training examples: found (a dataset job, a volume folder or inline images), cropped, and cached once.
+"""Training examples: found (a dataset job, a volume folder or inline images), fitted to their aspect-ratio
+bucket, and cached once.
 
 A dataset folder is the layout kohya-ss/sd-scripts and ai-toolkit read: `<name>.<png|jpg|jpeg|webp|bmp>` beside
-`<name>.txt` holding the caption. Folder images are decoded one at a time while caching, so a large dataset never
-sits decoded in memory. The cache keeps what does not change between steps on the device: the VAE latents
-(unless `cache_latents` is off, when the cropped 8-bit pixels are kept and encoded each step) and, when the text
-encoders are frozen, the caption embeddings.
+`<name>.txt` holding the caption. An image without a caption (or an inline `caption: "auto"`) gets `caption=None`
+here and is captioned before training (`worker.training.captioner`); with `auto_caption` off it is the trigger
+word alone. Folder images are decoded one at a time while caching, so a large dataset never sits decoded in
+memory. The cache keeps what does not change between steps on the device: the VAE latents, each at its bucket's
+size (unless `cache_latents` is off, when the fitted 8-bit pixels are kept and encoded each step) and, when the
+text encoders are frozen, the caption embeddings.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from worker.inputs import IMAGE_SUFFIXES, InputLimits, VolumeFiles, decode_image, load_image, read_file
 from worker.schemas import MAX_TRAINING_IMAGES, JobInputError, TrainingJob
+from worker.schemas.training_job import AUTO_CAPTION
+from worker.training.buckets import bucket_sizes, fit, nearest_bucket
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -29,16 +34,28 @@ DATASET_FOLDER = "dataset"
 
 @dataclass
 class Example:
-    """One training image and its caption; `load` decodes the image (raising a field error when it cannot)."""
+    """One training image and its caption; `load` decodes the image (raising a field error when it cannot).
+    `caption` is None until the captioning model writes one; `path` is the image file, for a folder dataset."""
 
     source: str
     load: Callable[[], Image]
-    caption: str
+    caption: str | None
+    path: Path | None = None
 
     @classmethod
-    def of(cls, source: str, image: Image, caption: str) -> Example:
+    def of(cls, source: str, image: Image, caption: str | None) -> Example:
         """An example whose image is already decoded."""
         return cls(source, lambda: image, caption)
+
+
+def missing_caption(trigger_word: str | None, auto_caption: bool, field: str, what: str) -> str | None:
+    """The caption of an image that has none: None (the captioning model's turn), or the trigger word alone
+    when auto-captioning is off."""
+    if auto_caption:
+        return None
+    if not trigger_word:
+        raise JobInputError(field, f"{what}; add one, give trigger_word or leave auto_caption on")
+    return trigger_word
 
 
 def with_trigger(caption: str, trigger_word: str | None) -> str:
@@ -49,7 +66,7 @@ def with_trigger(caption: str, trigger_word: str | None) -> str:
 
 
 def examples_from_folder(
-    folder: Path, field: str, limits: InputLimits, trigger_word: str | None
+    folder: Path, field: str, limits: InputLimits, trigger_word: str | None, auto_caption: bool = True
 ) -> list[Example]:
     """Every image in `folder` (not recursive) with its same-name `.txt` caption, in name order."""
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -62,15 +79,12 @@ def examples_from_folder(
         where = f"{field}[{path.name}]"
         caption_file = path.with_suffix(CAPTION_SUFFIX)
         caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
-        if not caption and not trigger_word:
-            raise JobInputError(
-                field, f"{path.name} has no caption ({caption_file.name}); add one or give trigger_word"
-            )
-        examples.append(
-            Example(
-                path.name, partial(_decode_file, path, where, limits), with_trigger(caption, trigger_word)
-            )
-        )
+        if caption and caption != AUTO_CAPTION:
+            given: str | None = with_trigger(caption, trigger_word)
+        else:
+            what = f"{path.name} has no caption ({caption_file.name})"
+            given = missing_caption(trigger_word, auto_caption, field, what)
+        examples.append(Example(path.name, partial(_decode_file, path, where, limits), given, path))
     return examples
 
 
@@ -82,54 +96,32 @@ def load_examples(
     job: TrainingJob, store: JobStore, volume: VolumeFiles, limits: InputLimits
 ) -> list[Example]:
     """The job's examples from whichever of dataset_job_id, dataset_path or images it gives."""
+    trigger, auto = job.trigger_word, job.auto_caption
     if job.dataset_job_id is not None:
-        return examples_from_folder(
-            dataset_job_folder(job.dataset_job_id, store), "dataset_job_id", limits, job.trigger_word
-        )
+        folder = dataset_job_folder(job.dataset_job_id, store, volume)
+        return examples_from_folder(folder, "dataset_job_id", limits, trigger, auto)
     if job.dataset_path is not None:
         folder = volume.resolve(job.dataset_path, "dataset_path", kind="dir")
-        return examples_from_folder(folder, "dataset_path", limits, job.trigger_word)
+        return examples_from_folder(folder, "dataset_path", limits, trigger, auto)
     items = job.images or []
     limits.check_count(len(items), "images")
-    return [
-        Example.of(
-            f"images.{index}",
-            load_image(item.image, f"images.{index}.image", limits, volume),
-            with_trigger(item.caption, job.trigger_word),
-        )
-        for index, item in enumerate(items)
-    ]
+    examples = []
+    for index, item in enumerate(items):
+        image = load_image(item.image, f"images.{index}.image", limits, volume)
+        if item.caption is not None and item.caption != AUTO_CAPTION:
+            caption = with_trigger(item.caption, trigger)
+        else:
+            caption = missing_caption(trigger, auto, f"images.{index}.caption", "no caption")
+        examples.append(Example.of(f"images.{index}", image, caption))
+    return examples
 
 
-def dataset_job_folder(job_id: str, store: JobStore) -> Path:
+def dataset_job_folder(job_id: str, store: JobStore, volume: VolumeFiles) -> Path:
+    """The `dataset/` folder of a finished dataset job, held to the rule a caller's path meets: a job folder or a
+    `dataset/` that links out of the volume is refused."""
     store.finished_result(job_id, "dataset", "dataset_job_id")
-    return store.root / job_id / DATASET_FOLDER
-
-
-@dataclass(frozen=True)
-class Cropped:
-    """An image resized so its short side is the training size, centre-cropped to a square."""
-
-    pixels: Any  # [3, size, size] uint8: a quarter of the float copy, for the no-latent-cache mode
-    original_size: tuple[int, int]  # (height, width) before resizing: SDXL conditions on it
-    crop_top_left: tuple[int, int]
-
-
-def crop(image: Image, size: int) -> Cropped:
-    import numpy as np
-    import torch
-    from PIL import Image as PILImage
-
-    width, height = image.size
-    scale = size / min(width, height)
-    resized = image.resize(
-        (max(size, round(width * scale)), max(size, round(height * scale))), PILImage.Resampling.LANCZOS
-    )
-    top = (resized.height - size) // 2
-    left = (resized.width - size) // 2
-    square = resized.crop((left, top, left + size, top + size))
-    array = np.array(square, dtype=np.uint8)
-    return Cropped(torch.from_numpy(array).permute(2, 0, 1).contiguous(), (height, width), (top, left))
+    folder = store.root / job_id / DATASET_FOLDER
+    return volume.checked(folder, "dataset_job_id", f"the dataset folder of job {job_id!r}", kind="dir")
 
 
 class TrainingData:
@@ -146,24 +138,33 @@ class TrainingData:
         seed: int,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        """`on_progress(done, total)` runs after each image is prepared; it may raise to stop (a cancel)."""
+        """`on_progress(done, total)` runs after each image is prepared; it may raise to stop (a cancel).
+        Every example must have its caption by now."""
         import torch
 
         self.pipe = pipe
         self.device = pipe.unet.device
-        self.captions = [example.caption for example in examples]
+        self.captions = [example.caption or "" for example in examples]
         self.cache_text = cache_text
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
+        sizes = bucket_sizes(resolution)
         time_ids = []
+        self.buckets: list[tuple[int, int]] = []  # (width, height) per example
+        self.ratio_errors: list[float] = []
         self.pixels: list[Any] | None = None if cache_latents else []
         self.latents: list[Any] | None = [] if cache_latents else None
         for done, example in enumerate(examples, start=1):
-            cropped = crop(example.load(), resolution)
-            time_ids.append([*cropped.original_size, *cropped.crop_top_left, resolution, resolution])
+            image = example.load()
+            bucket = nearest_bucket(*image.size, sizes)
+            fitted = fit(image, bucket)
+            self.buckets.append(bucket)
+            # sd-scripts' aspect-ratio error: bucket ratio minus image ratio, as width / height
+            self.ratio_errors.append(abs(bucket[0] / bucket[1] - image.size[0] / image.size[1]))
+            time_ids.append([*fitted.original_size, *fitted.crop_top_left, bucket[1], bucket[0]])
             if self.latents is not None:
-                self.latents.append(self.encode_pixels([cropped.pixels])[0])
+                self.latents.append(self.encode_pixels([fitted.pixels])[0])
             else:
-                self.pixels.append(cropped.pixels)
+                self.pixels.append(fitted.pixels)
             if on_progress is not None:
                 on_progress(done, len(examples))
         self.time_ids = torch.tensor(time_ids, dtype=torch.float32)

@@ -41,7 +41,7 @@ def sgm_unet_path(diffusers_path: str, layers_per_block: int) -> str:
         return ".".join([head, *parts[4:]])
     if parts[:3] == ["mid_block", "attentions", "0"] and len(parts) > 3:
         return ".".join(["middle_block.1", *parts[3:]])
-    raise ValueError(f"no sgm name for UNet module {diffusers_path!r} (only attention blocks are trained)")
+    raise ValueError(f"no sgm name for UNet module {diffusers_path!r} (only transformer blocks are trained)")
 
 
 def kohya_module_name(component: str, module_path: str, layers_per_block: int) -> str:
@@ -98,6 +98,11 @@ class TrainingRecord:
     captions: tuple[str, ...]
     trigger_word: str | None
     prediction_type: str
+    optimizer: str = "torch.optim.adamw.AdamW"
+    min_snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    buckets: tuple[tuple[int, int], ...] = ()  # (width, height) of each image
+    bucket_info: str | None = None
 
 
 def _tag_frequency(captions: tuple[str, ...]) -> dict[str, dict[str, int]]:
@@ -137,7 +142,9 @@ def kohya_metadata(record: TrainingRecord) -> dict[str, str]:
         "ss_cache_latents": record.cache_latents,
         "ss_caption_dropout_rate": record.caption_dropout,
         "ss_seed": record.seed,
-        "ss_optimizer": "torch.optim.AdamW",
+        "ss_optimizer": record.optimizer,
+        "ss_min_snr_gamma": record.min_snr_gamma,
+        "ss_noise_offset": record.noise_offset or None,  # sd-scripts writes None when it is off
         "ss_max_grad_norm": record.max_grad_norm,
         "ss_tag_frequency": json.dumps(_tag_frequency(record.captions)),
         "modelspec.sai_model_spec": "1.0.0",
@@ -148,6 +155,15 @@ def kohya_metadata(record: TrainingRecord) -> dict[str, str]:
         "modelspec.date": finished.strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.prediction_type": record.prediction_type,
     }
+    if record.buckets:
+        sides = [side for size in record.buckets for side in size]
+        metadata.update(
+            ss_enable_bucket=True,
+            ss_bucket_no_upscale=False,
+            ss_min_bucket_reso=min(sides),
+            ss_max_bucket_reso=max(sides),
+            ss_bucket_info=record.bucket_info,
+        )
     if record.trigger_word:
         metadata["modelspec.trigger_phrase"] = record.trigger_word
     return {key: str(value) for key, value in metadata.items()}
