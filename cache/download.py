@@ -163,7 +163,8 @@ def _stream(response, fd, pos: _Position, total, hasher, crc_path, check, advanc
     try:
         while pos.offset < total:
             try:
-                chunk = response.raw.read(min(_CHUNK, total - pos.offset))
+                # read1: what has arrived, up to a chunk; a full-chunk read would hold a slow link's bytes in memory
+                chunk = response.raw.read1(min(_CHUNK, total - pos.offset))
             except Exception as err:  # urllib3's read errors: a dropped or timed-out connection
                 raise _Interrupted() from err
             if not chunk:

@@ -87,6 +87,14 @@ class RefSource:
                 check=progress.check,
                 advance=progress.advance,
             )
+            if fetched.resumed_from:
+                log.info(
+                    "%s: %s: %d bytes kept from an earlier holder, %d fetched",
+                    self.ref.text,
+                    rel,
+                    fetched.resumed_from,
+                    fetched.fetched_bytes,
+                )
             if info.git_oid and not info.sha256 and _git_oid(target) != info.git_oid:
                 target.unlink()
                 raise VerificationError(f"{self.ref.text}: {rel} differs from the git blob {info.git_oid}")
