@@ -7,75 +7,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
+from cache.cache_settings import (  # the parsing helpers and the cache's variables, parsed in one place
+    CacheSettings,
+    ConfigError,
+    Profile,
+)
+from cache.cache_settings import env_bool as _bool
+from cache.cache_settings import env_float as _float
+from cache.cache_settings import env_int as _int
+from cache.cache_settings import env_path as _path
 from worker_client.jobs import JOB_TYPES
-
-Profile = Literal["auto", "production", "tiny"]
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-class ConfigError(ValueError):
-    """An environment variable holds a value the worker cannot use."""
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r}: expected true or false")
-
-
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    value = _float(env, name, default, minimum=minimum)
-    if value != int(value):
-        raise ConfigError(f"{name}={env.get(name)!r}: expected a whole number")
-    return int(value)
-
-
-def _path(env: Mapping[str, str], name: str) -> Path | None:
-    raw = env.get(name, "").strip()
-    return Path(raw).expanduser() if raw else None
-
-
-def _jobs(env: Mapping[str, str]) -> tuple[str, ...]:
-    raw = env.get("WORKER_JOBS", "").strip()
-    if not raw or raw.lower() == "all":
-        return JOB_TYPES
-    jobs = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
-    unknown = [job for job in jobs if job not in JOB_TYPES]
-    if unknown:
-        raise ConfigError(f"WORKER_JOBS: unknown job type(s) {unknown}; valid: {', '.join(JOB_TYPES)}")
-    return jobs
-
-
-def _profile(env: Mapping[str, str]) -> Profile:
-    raw = env.get("MODEL_PROFILE", "auto").strip().lower() or "auto"
-    if raw not in ("auto", "production", "tiny"):
-        raise ConfigError(f"MODEL_PROFILE={raw!r}: expected auto, production or tiny")
-    return raw  # type: ignore[return-value]
 
 
 def _image_models(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -145,28 +89,46 @@ class Settings:
     pod_runsync_retention_s: float = 60.0
     image_models: tuple[str, ...] = ("sdxl-base",)
     music_models: tuple[str, ...] = ("heartmula",)
+    # the cache's own variables (tokens, CACHE_MAX_GB, MODEL_SOURCES, PREFETCH_MODELS...); see cache_settings()
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+    def cache_settings(self) -> CacheSettings:
+        """The cache's settings, with the fields this object also has (a test may set them directly) applied."""
+        return replace(
+            self.cache,
+            volume_root=self.volume_root,
+            model_profile=self.model_profile,
+            worker_jobs=self.worker_jobs,
+            cache_wait_timeout_s=self.cache_wait_timeout_s,
+            cache_lease_s=self.cache_lease_s,
+            cache_verify_sha256=self.cache_verify_sha256,
+            runpod_hf_cache_dir=self.runpod_hf_cache_dir,
+            baked_models_dir=self.baked_models_dir,
+            allow_private_urls=self.allow_private_urls,
+            log_level=self.log_level,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        cache = CacheSettings.from_env(env)
         return cls(
-            volume_root=_path(env, "VOLUME_ROOT"),
+            volume_root=cache.volume_root,
             job_data_dir=_path(env, "JOB_DATA_DIR"),
-            model_profile=_profile(env),
-            worker_jobs=_jobs(env),
+            model_profile=cache.model_profile,
+            worker_jobs=cache.worker_jobs,
             warm_on_start=_bool(env, "WARM_ON_START", True),
-            cache_wait_timeout_s=_float(env, "CACHE_WAIT_TIMEOUT_S", 1500.0, minimum=1.0),
-            cache_lease_s=_float(env, "CACHE_LEASE_S", 60.0, minimum=5.0),
-            cache_verify_sha256=_bool(env, "CACHE_VERIFY_SHA256", False),
-            runpod_hf_cache_dir=_path(env, "RUNPOD_HF_CACHE_DIR")
-            or Path("/runpod-volume/huggingface-cache/hub"),
-            baked_models_dir=_path(env, "BAKED_MODELS_DIR") or Path("/models"),
+            cache_wait_timeout_s=cache.cache_wait_timeout_s,
+            cache_lease_s=cache.cache_lease_s,
+            cache_verify_sha256=cache.cache_verify_sha256,
+            runpod_hf_cache_dir=cache.runpod_hf_cache_dir,
+            baked_models_dir=cache.baked_models_dir,
             checkpoints_dir=_path(env, "CHECKPOINTS_DIR"),
             progress_interval_s=_float(env, "PROGRESS_INTERVAL_S", 1.0, minimum=0.0),
             max_inline_images=_int(env, "MAX_INLINE_IMAGES", 64, minimum=1),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1024),
             url_fetch_timeout_s=_float(env, "URL_FETCH_TIMEOUT_S", 20.0, minimum=0.1),
-            allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS", False),
+            allow_private_urls=cache.allow_private_urls,
             bucket_endpoint_url=env.get("BUCKET_ENDPOINT_URL") or None,
             bucket_access_key_id=env.get("BUCKET_ACCESS_KEY_ID") or None,
             bucket_secret_access_key=env.get("BUCKET_SECRET_ACCESS_KEY") or None,
@@ -174,7 +136,7 @@ class Settings:
             bucket_url_expiry_s=_int(env, "BUCKET_URL_EXPIRY_S", 7 * 24 * 3600, minimum=60),
             gateway_token=env.get("GATEWAY_TOKEN") or None,
             gateway_max_upload_bytes=_int(env, "GATEWAY_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1),
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            log_level=cache.log_level,
             # RunPod sets this only on its platform; progress updates go nowhere without it
             runpod_serverless=bool(env.get("RUNPOD_WEBHOOK_POST_OUTPUT")),
             pod_api_key=env.get("POD_API_KEY") or None,
@@ -182,4 +144,5 @@ class Settings:
             pod_runsync_retention_s=_float(env, "POD_RUNSYNC_RETENTION_S", 60.0),
             image_models=_image_models(env),
             music_models=_music_models(env),
+            cache=cache,
         )
