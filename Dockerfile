@@ -62,7 +62,6 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG BAKE_MODELS=""
 COPY cache/ /app/cache/
 COPY worker_client/ /app/worker_client/
-COPY worker/__init__.py worker/config.py /app/worker/
 # The Hugging Face token, when one is needed, comes from a BuildKit secret: never in a layer or the image history.
 # --profile production: the build has no GPU, and MODEL_PROFILE=auto would pick the tiny models. The Hugging Face
 # cache and temp files go to a throw-away volume root, removed in the same layer with the staging and lock folders.
