@@ -44,12 +44,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_pod(volume: Path, job_data: Path, jobs: tuple[str, ...]) -> Iterator[RunningPod]:
+def running_pod(
+    volume: Path, job_data: Path, jobs: tuple[str, ...], *, warm: bool = True
+) -> Iterator[RunningPod]:
     settings = Settings(
         volume_root=volume,
         job_data_dir=job_data,
         model_profile="tiny",
         worker_jobs=jobs,
+        warm_on_start=warm,
         progress_interval_s=0.0,
         pod_api_key=POD_KEY,
     )
