@@ -55,6 +55,13 @@ def _music_models(env: Mapping[str, str]) -> tuple[str, ...]:
     return models or ("heartmula",)
 
 
+def _mode(env: Mapping[str, str]) -> Literal["serverless", "pod"]:
+    raw = env.get("MODE", "serverless").strip().lower() or "serverless"
+    if raw not in ("serverless", "pod"):
+        raise ConfigError(f"MODE={raw!r}: expected serverless or pod")
+    return raw  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Settings:
     """The worker's configuration. Build it with `Settings.from_env()`."""
@@ -87,6 +94,7 @@ class Settings:
     pod_api_key: str | None = None
     pod_run_retention_s: float = 1800.0
     pod_runsync_retention_s: float = 60.0
+    mode: Literal["serverless", "pod"] = "serverless"
     image_models: tuple[str, ...] = ("sdxl-base",)
     music_models: tuple[str, ...] = ("heartmula",)
     # the cache's own variables (tokens, CACHE_MAX_GB, MODEL_SOURCES, PREFETCH_MODELS...); see cache_settings()
@@ -142,6 +150,7 @@ class Settings:
             pod_api_key=env.get("POD_API_KEY") or None,
             pod_run_retention_s=_float(env, "POD_RUN_RETENTION_S", 1800.0),
             pod_runsync_retention_s=_float(env, "POD_RUNSYNC_RETENTION_S", 60.0),
+            mode=_mode(env),
             image_models=_image_models(env),
             music_models=_music_models(env),
             cache=cache,
