@@ -22,6 +22,7 @@ AUDIO_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "MP3", "OGG"})
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 MIN_DURATION_S = 0.1
+_UNKNOWN_LENGTH = 2**62
 
 
 def decode_audio(data: bytes, field: str, *, sample_rate: int, max_duration_s: float) -> np.ndarray:
@@ -46,7 +47,8 @@ def decode_audio(data: bytes, field: str, *, sample_rate: int, max_duration_s: f
             if channels not in (1, 2):
                 raise JobInputError(field, f"{channels} channels; send mono or stereo")
             max_frames = int(max_duration_s * rate)
-            if audio.frames > max_frames:
+            # a stream that does not state its length reads as SF_COUNT_MAX frames: only the read can tell
+            if max_frames < audio.frames < _UNKNOWN_LENGTH:
                 raise JobInputError(
                     field, f"{audio.frames / rate:.1f} s is longer than the {max_duration_s:g} s limit"
                 )
@@ -57,7 +59,7 @@ def decode_audio(data: bytes, field: str, *, sample_rate: int, max_duration_s: f
         detail = getattr(error, "error_string", "") or type(error).__name__  # never the BytesIO's repr
         raise JobInputError(field, f"not readable WAV, FLAC, MP3 or OGG audio ({detail})") from None
     if len(samples) > max_frames:
-        raise JobInputError(field, f"longer than the {max_duration_s:g} s limit (its header said less)")
+        raise JobInputError(field, f"longer than the {max_duration_s:g} s limit")
     if len(samples) < MIN_DURATION_S * rate:
         raise JobInputError(field, f"{len(samples) / rate:.2f} s of audio; at least {MIN_DURATION_S:g} s")
     if not np.isfinite(samples).all():

@@ -48,9 +48,7 @@ class AceStepEngine:
         pipe = AceStepPipeline.from_pretrained(
             folder,
             dtype=dtype,
-            audio_tokenizer=AceStepAudioTokenizer.from_pretrained(
-                cover / "audio_tokenizer", dtype=dtype
-            ),
+            audio_tokenizer=AceStepAudioTokenizer.from_pretrained(cover / "audio_tokenizer", dtype=dtype),
             audio_token_detokenizer=AceStepAudioTokenDetokenizer.from_pretrained(
                 cover / "audio_token_detokenizer", dtype=dtype
             ),
@@ -58,6 +56,11 @@ class AceStepEngine:
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device)
+
+    def _rng_devices(self) -> list[int]:
+        import torch
+
+        return [torch.cuda.current_device()] if self.device == "cuda" else []
 
     @property
     def sample_rate(self) -> int:
@@ -107,7 +110,9 @@ class AceStepEngine:
                 "audio_cover_strength": cover_strength,
             }
         started = time.perf_counter()
-        with torch.inference_mode():
+        # the VAE samples its encodings of a cover's reference from the global generator: seeded, then restored
+        with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(seeds[0])
             audios = self.pipe(
                 prompt=[tags.replace(",", ", ")] * len(seeds),
                 lyrics=[lyrics] * len(seeds),
