@@ -94,4 +94,7 @@ COPY . /app
 RUN pip install --no-deps /app \
  && rm -rf /app/build /app/*.egg-info
 
+# MODE=pod (a GPU pod instead of serverless): the hosted API's routes and the web UI (/ui) on port 8000, behind
+# POD_API_KEY; see the README, "Run on a pod".
+EXPOSE 8000
 CMD ["python", "-u", "handler.py"]
