@@ -380,6 +380,8 @@ def _labelled(spec: ModelSpec, part: Part, call):
     except LeaseLostError:
         raise
     except CacheError as err:
+        if part.kind == "ref":  # a reference's own errors name it already (and no folder of the server)
+            raise
         raise type(err)(f"{spec.name}, part {part.describe()}: {err}") from err
 
 

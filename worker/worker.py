@@ -82,14 +82,13 @@ class Worker:
             log.warning("model profile tiny (%s): random-weight demo models, outputs are noise", requested)
         else:
             log.info("model profile %s on %s", self.profile, self.device)
-        self._cache = ModelCache(
-            self.volume.models_dir,
-            lease_s=self.settings.cache_lease_s,
-            verify_sha256=self.settings.cache_verify_sha256,
-            runpod_hf_cache_dir=self.settings.runpod_hf_cache_dir,
-            baked_dir=self.settings.baked_models_dir,
-        )
+        self._cache = ModelCache.from_settings(self.volume.models_dir, self.settings.cache_settings())
         self._started = True
+        if self.settings.warm_on_start and self.settings.cache.prefetch_models:
+            try:  # PREFETCH_MODELS: fetched with the warm-up, and never evicted
+                self._cache.prefetch(self.settings.cache.prefetch_models, self.settings.cache_wait_timeout_s)
+            except Exception:
+                log.exception("prefetch of PREFETCH_MODELS failed; jobs that name them will fetch them")
         if self.settings.warm_on_start:
             for job_type in self.jobs:
                 try:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from worker.config import Settings
     from worker.inputs import VolumeFiles
     from worker.intake import JobRequest
+    from worker.model_refs import ModelRefs
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -95,6 +97,13 @@ class LoadEnv:
     profile: str
     store: JobStore
     pipeline: Callable[[str], Pipeline]
+
+    @cached_property
+    def refs(self) -> ModelRefs:
+        """Model references a job names (hf:, civitai:, https://): `with env.refs.use(ref, "lora", field) as path`."""
+        from worker.model_refs import ModelRefs
+
+        return ModelRefs.for_volume(self.settings, self.volume)
 
 
 class Pipeline(Protocol):
