@@ -19,8 +19,14 @@ from worker.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_PER_FRAME = 3840  # 80 ms at 48 kHz
-SONG = {"type": "music", "lyrics": "[Verse]\nthe sun creeps in\n[Chorus]\nla la la", "tags": ["piano", "happy"],
-        "duration_s": 0.4, "codec_steps": 2, "topk": 20}
+SONG = {
+    "type": "music",
+    "lyrics": "[Verse]\nthe sun creeps in\n[Chorus]\nla la la",
+    "tags": ["piano", "happy"],
+    "duration_s": 0.4,
+    "codec_steps": 2,
+    "topk": 20,
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +41,23 @@ def song(worker: Worker, job_id: str, **fields: Any) -> dict[str, Any]:
 
 
 def test_handler_test_input_writes_a_48k_stereo_file(session_volume: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "VOLUME_ROOT": str(session_volume), "MODEL_PROFILE": "tiny", "WORKER_JOBS": "music",
-           "JOB_DATA_DIR": str(tmp_path / "job_data")}
+    env = {
+        **os.environ,
+        "VOLUME_ROOT": str(session_volume),
+        "MODEL_PROFILE": "tiny",
+        "WORKER_JOBS": "music",
+        "JOB_DATA_DIR": str(tmp_path / "job_data"),
+    }
     job = {"input": {**SONG, "seed": 5, "format": "flac"}}
-    done = subprocess.run([sys.executable, str(ROOT / "handler.py"), "--test_input", json.dumps(job)],
-                          check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "handler.py"), "--test_input", json.dumps(job)],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "job_data" / "local_test" / "result.json").read_text())
     audio, rate = soundfile.read(result["outputs"][0]["path"], always_2d=True)
@@ -49,6 +67,7 @@ def test_handler_test_input_writes_a_48k_stereo_file(session_volume: Path, tmp_p
     # duration_s 0.4 asks for 5 frame steps; the LM emits the first frame plus one per step unless it stops early
     assert 1 <= result["metrics"]["frames"] <= 6
     assert {"frames", "lm_s", "codec_s", "rtf"} <= set(result["metrics"])
+    assert result["model"] == "heartmula"  # the default engine
 
 
 def test_cfg_switching_and_seeds(music_worker: Worker) -> None:
@@ -80,7 +99,11 @@ def test_formats_decode(music_worker: Worker, fmt: str) -> None:
         ({"lyrics": "/etc/passwd"}, "lyrics: looks like a file path"),
         ({"tags": "~/tags.txt"}, "tags: looks like a file path"),
         ({"duration_s": 100000}, "duration_s: "),
-        ({"duration_s": 360.5}, "duration_s: Input should be less than or equal to 360"),
+        ({"duration_s": 360.5}, "duration_s: at most 360 s for heartmula"),
+        (
+            {"steps": 8},
+            "steps: only for model 'ace-step'; 'heartmula' takes temperature, topk, cfg_scale, codec_steps",
+        ),
         ({"duration_s": 0}, "duration_s: Input should be greater than 0"),
         ({"topk": 0}, "topk: "),
     ],
@@ -104,11 +127,17 @@ def test_cancel_between_frames_keeps_nothing(session_volume: Path) -> None:
     def sink(job: dict[str, Any], payload: dict[str, Any]) -> None:
         started.set()
 
-    worker = Worker(Settings(volume_root=session_volume, model_profile="tiny", worker_jobs=("music",),
-                             progress_interval_s=0), progress_sink=sink).start()
+    worker = Worker(
+        Settings(
+            volume_root=session_volume, model_profile="tiny", worker_jobs=("music",), progress_interval_s=0
+        ),
+        progress_sink=sink,
+    ).start()
 
     async def scenario() -> None:
-        task = asyncio.ensure_future(worker.handle({"id": "music-cancel", "input": {**SONG, "duration_s": 30}}))
+        task = asyncio.ensure_future(
+            worker.handle({"id": "music-cancel", "input": {**SONG, "duration_s": 30}})
+        )
         await asyncio.get_running_loop().run_in_executor(None, started.wait, 120)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
