@@ -14,7 +14,14 @@ from worker.config import Settings
 from worker.worker import Worker
 
 # cfg_scale 1 turns classifier-free guidance off: one UNet pass per step keeps the tiny runs quick
-SMALL = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "cfg_scale": 1.0, "seed": 11}
+SMALL = {
+    "prompt": "a lighthouse at dusk",
+    "width": 64,
+    "height": 64,
+    "steps": 2,
+    "cfg_scale": 1.0,
+    "seed": 11,
+}
 REFERENCE_WORKFLOWS = [
     "generate_dataset_from_reference",
     "generate_dataset_with_instantid",
@@ -90,12 +97,33 @@ def test_checkpoint_name_loads_the_single_file_checkpoint(worker: Worker) -> Non
     assert again == base  # and the base modules are back
 
 
-def test_a_missing_checkpoint_lists_the_available_ones(worker: Worker) -> None:
+def test_a_missing_checkpoint_says_how_to_list_them_and_lists_nothing(
+    worker: Worker, checkpoints: Path
+) -> None:
     result = morpheus(worker, "mx-nockpt", "creation", **SMALL, checkpoint_name="nope.safetensors")
-    assert result["error"].startswith("checkpoint_name: 'nope.safetensors' is not in")
-    assert "SDXL/tiny_flipped.safetensors, tiny_sdxl.safetensors" in result["error"]
+    assert result["error"].startswith("checkpoint_name: 'nope.safetensors' is not in CHECKPOINTS_DIR")
+    assert "ls /workspace/checkpoints" in result["error"]
+    assert "tiny_sdxl" not in result["error"] and str(checkpoints) not in result["error"]
     traversal = morpheus(worker, "mx-escape", "creation", **SMALL, checkpoint_name="../secret.safetensors")
-    assert traversal["error"].startswith("checkpoint_name: ")
+    assert traversal["error"] == (
+        "checkpoint_name: '../secret.safetensors' must be a file name inside CHECKPOINTS_DIR"
+    )
+    (checkpoints / "loop.safetensors").symlink_to(checkpoints / "loop.safetensors")
+    loop = morpheus(worker, "mx-loop", "creation", **SMALL, checkpoint_name="loop.safetensors")
+    assert loop["error"] == "checkpoint_name: 'loop.safetensors' resolves outside CHECKPOINTS_DIR"
+
+
+def test_a_junk_or_truncated_checkpoint_is_a_field_error(worker: Worker, checkpoints: Path) -> None:
+    (checkpoints / "junk.safetensors").write_bytes(b"junk" * 100)
+    whole = (checkpoints / "tiny_sdxl.safetensors").read_bytes()
+    (checkpoints / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    (checkpoints / "empty.safetensors").write_bytes(b"")
+    for name in ("junk.safetensors", "cut.safetensors", "empty.safetensors"):
+        result = morpheus(worker, "mx-junk", "creation", **SMALL, checkpoint_name=name)
+        assert result["error"].startswith(f"checkpoint_name: '{name}' is not a single-file SDXL checkpoint")
+        assert str(checkpoints) not in result["error"]
+        assert not (worker.store.root / "mx-junk").exists()
+    assert "error" not in morpheus(worker, "mx-after-junk", "creation", **SMALL)
 
 
 def test_dataset_from_scratch_answers_the_dataset_folder(worker: Worker) -> None:
@@ -122,7 +150,17 @@ def test_a_reference_outside_the_volume_is_refused(worker: Worker) -> None:
     result = morpheus(
         worker, "mx-outside", REFERENCE_WORKFLOWS[0], **SMALL, base_image_pod_path="/etc/hostname"
     )
-    assert result["error"].startswith("base_image_pod_path: "), result
+    assert result["error"].startswith("base_image_pod_path: outside the volume"), result
+    escape = morpheus(
+        worker,
+        "mx-escape-ref",
+        REFERENCE_WORKFLOWS[1],
+        **SMALL,
+        base_image_pod_path="/workspace/../../etc/hostname",
+    )
+    assert escape["error"].startswith(
+        "base_image_pod_path: '/workspace/../../etc/hostname' is outside the volume"
+    )
 
 
 def test_unserved_workflows_and_params_are_refused(worker: Worker) -> None:

@@ -102,7 +102,9 @@ class VolumeFiles:
         except (OSError, RuntimeError):  # a symlink loop, a path too long for the file system
             raise JobInputError(field, "not a usable path on the volume") from None
         if not any(target.is_relative_to(root) for root in self.roots):
-            raise JobInputError(field, f"{OUTSIDE}; {VOLUME_PATHS}")
+            # the caller's own spelling is shown, unless it is an absolute path of this server
+            shown = "" if path.is_absolute() else f"{quoted(raw)} is "
+            raise JobInputError(field, f"{shown}{OUTSIDE}; {VOLUME_PATHS}")
         if not _exists(target, kind):
             raise JobInputError(field, f"no {_KINDS[kind]} {quoted(raw)} on the volume")
         return target

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.schemas import JobInputError, OutputFile
-from worker.schemas.common import quoted
+from worker.schemas.common import QUOTE_CHARS, quoted
 from worker_client.relpaths import UnsafePathError, safe_relpath
 
 RESULT_FILE = "result.json"
@@ -165,7 +165,7 @@ class JobStore:
         path = self.root / validate_job_id(job_id) / RESULT_FILE
         try:
             return json.loads(path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def finished_result(self, job_id: str, job_type: str, field: str) -> dict[str, Any]:
@@ -173,9 +173,17 @@ class JobStore:
         try:
             result = self.read_result(job_id)
         except UnsafePathError:
-            raise JobInputError(field, f"{job_id!r} is not a valid job id") from None
+            raise JobInputError(field, f"{quoted(job_id)} is not a valid job id") from None
+        except (OSError, ValueError):  # unreadable, or not JSON (ValueError covers both decode errors)
+            raise JobInputError(field, f"the result.json of job {job_id!r} is unreadable") from None
         if result is None:
             raise JobInputError(field, f"no finished job {job_id!r} on this volume")
+        outputs = result.get("outputs") if isinstance(result, dict) else None
+        if not isinstance(outputs, list) or not all(isinstance(output, dict) for output in outputs):
+            raise JobInputError(field, f"the result.json of job {job_id!r} is not a job's result")
         if result.get("type") != job_type:
-            raise JobInputError(field, f"job {job_id!r} is a {result.get('type')} job, not a {job_type} job")
+            raise JobInputError(
+                field,
+                f"job {job_id!r} is a {str(result.get('type'))[:QUOTE_CHARS]} job, not a {job_type} job",
+            )
         return result

@@ -19,11 +19,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError
+
+from cache.refs import is_ref
+from worker.inputs import MAX_NAME_BYTES
 from worker.job_folders import UnsafePathError, safe_relpath
 from worker.schemas import JobInputError
+from worker.schemas.common import quoted
 
 if TYPE_CHECKING:
     from worker.config import Settings
+    from worker.model_refs import ModelRefs
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +43,28 @@ def resolve_checkpoint(name: str, folder: Path) -> Path:
     try:
         relpath = safe_relpath(name)
     except UnsafePathError:
-        raise JobInputError("checkpoint", f"{name!r} must be a file name inside CHECKPOINTS_DIR") from None
+        raise JobInputError(
+            "checkpoint", f"{quoted(name)} must be a file name inside CHECKPOINTS_DIR"
+        ) from None
     if relpath.suffix != ".safetensors":
         # .ckpt files are pickles: loading one can run arbitrary code
-        raise JobInputError("checkpoint", f"{name!r}: only .safetensors checkpoints are loaded")
+        raise JobInputError("checkpoint", f"{quoted(name)}: only .safetensors checkpoints are loaded")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in relpath.parts):
+        raise JobInputError("checkpoint", f"a file or folder name in it is over {MAX_NAME_BYTES} bytes")
     root = folder.resolve()
     path = root.joinpath(*relpath.parts)
-    if not path.resolve().is_relative_to(root):
-        raise JobInputError("checkpoint", f"{name!r} resolves outside CHECKPOINTS_DIR")
+    try:
+        inside = path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise JobInputError("checkpoint", f"{quoted(name)} resolves outside CHECKPOINTS_DIR")
     if not path.is_file():
-        available = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors"))[:20]
+        # the folder's listing is the operator's, not the caller's: say where to look instead of showing it
         raise JobInputError(
             "checkpoint",
-            f"{name!r} is not in {root}; available: {', '.join(available) or 'none'} "
-            "(put the file there, or set CHECKPOINTS_DIR)",
+            f"{quoted(name)} is not in CHECKPOINTS_DIR (default <volume>/checkpoints); list the checkpoints "
+            "there from a pod (ls /workspace/checkpoints) and give one of those names",
         )
     return path
 
@@ -91,36 +105,53 @@ def load_components(path: Path, config_dir: Path, device: str) -> dict[str, Any]
 class Checkpoints:
     """The checkpoints folder and the one checkpoint kept resident."""
 
-    def __init__(self, folder: Path, config_dir: Callable[[], Path], device: str) -> None:
+    def __init__(
+        self, folder: Path, config_dir: Callable[[], Path], device: str, refs: ModelRefs | None = None
+    ) -> None:
         self.folder = folder
         self.config_dir = config_dir
         self.device = device
+        # a `checkpoint` that is a reference (hf:, civitai:, https://) is fetched through these
+        self.refs = refs
         self._name: str | None = None
         self._modules: dict[str, Any] = {}
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, volume_root: Path, config_dir: Callable[[], Path], device: str
+        cls,
+        settings: Settings,
+        volume_root: Path,
+        config_dir: Callable[[], Path],
+        device: str,
+        refs: ModelRefs | None = None,
     ) -> Checkpoints:
         """CHECKPOINTS_DIR, else `<volume>/checkpoints`; configs from the SDXL base folder `config_dir()` gives."""
-        return cls(settings.checkpoints_dir or volume_root / "checkpoints", config_dir, device)
+        return cls(settings.checkpoints_dir or volume_root / "checkpoints", config_dir, device, refs)
 
     def modules(self, name: str) -> dict[str, Any]:
-        path = resolve_checkpoint(name, self.folder)
-        if name != self._name:
-            self.release()
-            started = time.perf_counter()
-            try:
-                self._modules = load_components(path, self.config_dir(), self.device)
-            except JobInputError:
-                raise
-            except (KeyError, ValueError, RuntimeError) as error:  # what diffusers raises on a foreign layout
-                raise JobInputError(
-                    "checkpoint", f"{name!r} is not a single-file SDXL checkpoint ({error})"
-                ) from error
-            self._name = name
-            log.info("checkpoint %s loaded in %.1fs", name, time.perf_counter() - started)
+        # a reference is held (never evicted) while its file is read; the modules stay resident afterwards
+        with self._file(name) as path:
+            if name != self._name:
+                self.release()
+                started = time.perf_counter()
+                try:
+                    self._modules = load_components(path, self.config_dir(), self.device)
+                except JobInputError:
+                    raise
+                except (KeyError, ValueError, RuntimeError, SafetensorError) as error:
+                    # a foreign layout (diffusers), or a file that is junk or cut short (safetensors)
+                    raise JobInputError(
+                        "checkpoint",
+                        f"{quoted(name)} is not a single-file SDXL checkpoint ({str(error)[:200]})",
+                    ) from error
+                self._name = name
+                log.info("checkpoint %s loaded in %.1fs", name, time.perf_counter() - started)
         return self._modules
+
+    def _file(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        if self.refs is not None and is_ref(name):
+            return self.refs.use(name, "checkpoint", "checkpoint")
+        return contextlib.nullcontext(resolve_checkpoint(name, self.folder))
 
     def release(self) -> None:
         """Drop the resident checkpoint's modules (when another one is asked for, or SDXL leaves the GPU)."""

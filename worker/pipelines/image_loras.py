@@ -22,19 +22,18 @@ from worker.schemas import JobInputError, LoraRef
 LORA_SUFFIX = ".safetensors"
 
 
-def training_job_lora(job_id: str, store: JobStore, field: str) -> Path:
-    """The LoRA a training job left: its diffusers file, or the last checkpoint of a cancelled run."""
+def training_job_lora(job_id: str, store: JobStore, volume: VolumeFiles, field: str) -> Path:
+    """The LoRA a training job left: its diffusers file, or the last checkpoint of a cancelled run. The relpath
+    comes from the job's result.json, which anyone with the volume can write: it meets the rule a caller's path
+    does (inside the volume once links are resolved)."""
     result = store.finished_result(job_id, "training", field)
-    outputs = result.get("outputs", [])
+    outputs = [o for o in result["outputs"] if isinstance(o.get("relpath"), str)]
     final = [o for o in outputs if o.get("kind") == "lora" and o.get("format") == "diffusers"]
     checkpoints = [o for o in outputs if o.get("kind") == "checkpoint"]
     chosen = final or checkpoints
     if not chosen:
         raise JobInputError(field, f"training job {job_id!r} saved no LoRA")
-    path = store.root / chosen[-1]["relpath"]
-    if not path.is_file():
-        raise JobInputError(field, f"the LoRA of job {job_id!r} is gone from the volume")
-    return path
+    return volume.checked(store.root / chosen[-1]["relpath"], field, f"the LoRA of job {job_id!r}")
 
 
 def check_lora_family(path: Path, family: Family, field: str) -> None:
@@ -89,7 +88,7 @@ class LoraLoader:
 
     def resolve(self, ref: LoraRef, field: str) -> Path:
         if ref.job_id is not None:
-            return training_job_lora(ref.job_id, self.store, f"{field}.job_id")
+            return training_job_lora(ref.job_id, self.store, self.volume, f"{field}.job_id")
         path = self.volume.resolve(ref.path or "", f"{field}.path")
         if path.suffix.lower() != LORA_SUFFIX:
             raise JobInputError(
