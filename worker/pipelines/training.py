@@ -93,7 +93,7 @@ class TrainingPipeline:
         train_s = time.perf_counter() - started - cache_s
         fields = run.fields(seed)
         if captions.outputs:
-            fields["captions"] = captions.written
+            fields["auto_captions"] = captions.written
         return PipelineOutput(
             outputs=[*captions.outputs, *outputs],
             metrics={

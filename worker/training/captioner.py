@@ -2,7 +2,7 @@
 native in transformers), fetched through the model cache as the catalog's `blip-captioner`.
 
 The model is loaded for the job that needs it and released after: it is small (0.25 B parameters, fp16 on a GPU)
-but training wants the memory back. Greedy decoding, so a dataset gets the same captions every time.
+but training wants the memory back. Beam search, no sampling: a dataset gets the same captions every time.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from worker.schemas import OutputFile
 
 MODEL = "blip-captioner"
+# BLIP's own captioning settings (its demo): beam search of 3, at least 5 tokens, deterministic
+NUM_BEAMS = 3
+MIN_NEW_TOKENS = 5
 MAX_NEW_TOKENS = 40
 BATCH = 8
 
@@ -57,7 +60,13 @@ class Captioner:
         inputs = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
         with torch.no_grad():
-            tokens = self.model.generate(pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+            tokens = self.model.generate(
+                pixel_values=pixels,
+                num_beams=NUM_BEAMS,
+                min_new_tokens=MIN_NEW_TOKENS,
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+            )
         return [text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 

@@ -132,16 +132,20 @@ class LoraTrainer:
             for module in _components(self.pipe).values():
                 module.requires_grad_(False)
             unet = self.pipe.unet
-            unet.add_adapter(self.lora_config(self.settings.unet_targets), adapter_name=ADAPTER)
             trained = [unet]
-            if self.settings.train_text_encoder:
-                for encoder in (self.pipe.text_encoder, self.pipe.text_encoder_2):
-                    # PEFT directly, as diffusers loads text encoder LoRAs: transformers' own add_adapter
-                    # demands a newer PEFT than the one pinned here
-                    inject_adapter_in_model(
-                        self.lora_config(self.settings.text_targets), encoder, adapter_name=ADAPTER
-                    )
-                    trained.append(encoder)
+            # PEFT draws the initial lora_A from torch's global generator: seeded here, so the job's seed
+            # decides the whole run, whatever ran before it in this process
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(self.settings.seed)
+                unet.add_adapter(self.lora_config(self.settings.unet_targets), adapter_name=ADAPTER)
+                if self.settings.train_text_encoder:
+                    for encoder in (self.pipe.text_encoder, self.pipe.text_encoder_2):
+                        # PEFT directly, as diffusers loads text encoder LoRAs: transformers' own add_adapter
+                        # demands a newer PEFT than the one pinned here
+                        inject_adapter_in_model(
+                            self.lora_config(self.settings.text_targets), encoder, adapter_name=ADAPTER
+                        )
+                        trained.append(encoder)
             for module in trained:
                 module.train()
                 for param in module.parameters():
