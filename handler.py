@@ -8,7 +8,7 @@ import sys
 import runpod
 
 from worker.config import Settings
-from worker.logs import configure_logging
+from worker.logs import configure_logging, redact_runpod_logs
 from worker.worker import Worker
 
 
@@ -36,4 +36,5 @@ if __name__ == "__main__":
         worker = Worker(settings)
         runpod.serverless.register_fitness_check(worker.fitness_check)
         worker.start()
+        redact_runpod_logs()  # the SDK prints whole jobs (s3Config's secret included) at DEBUG
         runpod.serverless.start({"handler": worker.handle})
