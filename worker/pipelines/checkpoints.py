@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 
+from cache.refs import is_ref
 from worker.inputs import MAX_NAME_BYTES
 from worker.job_folders import UnsafePathError, safe_relpath
 from worker.schemas import JobInputError
@@ -28,6 +29,7 @@ from worker.schemas.common import quoted
 
 if TYPE_CHECKING:
     from worker.config import Settings
+    from worker.model_refs import ModelRefs
 
 log = logging.getLogger(__name__)
 
@@ -103,37 +105,53 @@ def load_components(path: Path, config_dir: Path, device: str) -> dict[str, Any]
 class Checkpoints:
     """The checkpoints folder and the one checkpoint kept resident."""
 
-    def __init__(self, folder: Path, config_dir: Callable[[], Path], device: str) -> None:
+    def __init__(
+        self, folder: Path, config_dir: Callable[[], Path], device: str, refs: ModelRefs | None = None
+    ) -> None:
         self.folder = folder
         self.config_dir = config_dir
         self.device = device
+        # a `checkpoint` that is a reference (hf:, civitai:, https://) is fetched through these
+        self.refs = refs
         self._name: str | None = None
         self._modules: dict[str, Any] = {}
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, volume_root: Path, config_dir: Callable[[], Path], device: str
+        cls,
+        settings: Settings,
+        volume_root: Path,
+        config_dir: Callable[[], Path],
+        device: str,
+        refs: ModelRefs | None = None,
     ) -> Checkpoints:
         """CHECKPOINTS_DIR, else `<volume>/checkpoints`; configs from the SDXL base folder `config_dir()` gives."""
-        return cls(settings.checkpoints_dir or volume_root / "checkpoints", config_dir, device)
+        return cls(settings.checkpoints_dir or volume_root / "checkpoints", config_dir, device, refs)
 
     def modules(self, name: str) -> dict[str, Any]:
-        path = resolve_checkpoint(name, self.folder)
-        if name != self._name:
-            self.release()
-            started = time.perf_counter()
-            try:
-                self._modules = load_components(path, self.config_dir(), self.device)
-            except JobInputError:
-                raise
-            except (KeyError, ValueError, RuntimeError, SafetensorError) as error:
-                # a foreign layout (diffusers), or a file that is junk or cut short (safetensors)
-                raise JobInputError(
-                    "checkpoint", f"{quoted(name)} is not a single-file SDXL checkpoint ({str(error)[:200]})"
-                ) from error
-            self._name = name
-            log.info("checkpoint %s loaded in %.1fs", name, time.perf_counter() - started)
+        # a reference is held (never evicted) while its file is read; the modules stay resident afterwards
+        with self._file(name) as path:
+            if name != self._name:
+                self.release()
+                started = time.perf_counter()
+                try:
+                    self._modules = load_components(path, self.config_dir(), self.device)
+                except JobInputError:
+                    raise
+                except (KeyError, ValueError, RuntimeError, SafetensorError) as error:
+                    # a foreign layout (diffusers), or a file that is junk or cut short (safetensors)
+                    raise JobInputError(
+                        "checkpoint",
+                        f"{quoted(name)} is not a single-file SDXL checkpoint ({str(error)[:200]})",
+                    ) from error
+                self._name = name
+                log.info("checkpoint %s loaded in %.1fs", name, time.perf_counter() - started)
         return self._modules
+
+    def _file(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        if self.refs is not None and is_ref(name):
+            return self.refs.use(name, "checkpoint", "checkpoint")
+        return contextlib.nullcontext(resolve_checkpoint(name, self.folder))
 
     def release(self) -> None:
         """Drop the resident checkpoint's modules (when another one is asked for, or SDXL leaves the GPU)."""

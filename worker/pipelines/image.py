@@ -75,9 +75,9 @@ class ImagePipeline:
         from worker.pipelines.image_loras import LoraLoader
 
         self.device = env.device
-        self.loras = LoraLoader(env.store, env.files)
+        self.loras = LoraLoader(env.store, env.files, env.refs)
         self.checkpoints = Checkpoints.from_settings(
-            env.settings, env.volume.root, lambda: env.models("sdxl-base"), env.device
+            env.settings, env.volume.root, lambda: env.models("sdxl-base"), env.device, env.refs
         )
         self.families = FamilyLoader(env.models, env.device, on_release=self._released)
         warm = env.settings.image_models

@@ -10,14 +10,18 @@ back, so the resident pipeline is exactly what it was before the job.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cache.refs import is_ref
 from worker.inputs import VolumeFiles
 from worker.job_folders import JobStore
 from worker.pipelines.image_families import FAMILIES, Family, lora_family
 from worker.schemas import JobInputError, LoraRef
+
+if TYPE_CHECKING:
+    from worker.model_refs import ModelRefs
 
 LORA_SUFFIX = ".safetensors"
 
@@ -82,13 +86,17 @@ class AdapterGuard:
 class LoraLoader:
     """Resolves `LoraRef`s and applies them to the resident pipeline for the length of one job."""
 
-    def __init__(self, store: JobStore, volume: VolumeFiles) -> None:
+    def __init__(self, store: JobStore, volume: VolumeFiles, refs: ModelRefs | None = None) -> None:
         self.store = store
         self.volume = volume
+        self.refs = refs  # a `path` that is a reference (hf:, civitai:, https://) is fetched through these
 
-    def resolve(self, ref: LoraRef, field: str) -> Path:
+    def resolve(self, ref: LoraRef, field: str, held: ExitStack | None = None) -> Path:
+        """The LoRA's file; a reference is fetched and held (never evicted) until `held` closes."""
         if ref.job_id is not None:
             return training_job_lora(ref.job_id, self.store, self.volume, f"{field}.job_id")
+        if self.refs is not None and held is not None and is_ref(ref.path or ""):
+            return held.enter_context(self.refs.use(ref.path or "", "lora", f"{field}.path"))
         path = self.volume.resolve(ref.path or "", f"{field}.path")
         if path.suffix.lower() != LORA_SUFFIX:
             raise JobInputError(
@@ -99,23 +107,24 @@ class LoraLoader:
     @contextmanager
     def applied(self, pipe: Any, refs: list[LoraRef], family: Family) -> Iterator[list[str]]:
         """Load each LoRA under its own adapter name, weight them by `scale`, and unload them all afterwards."""
-        paths = [self.resolve(ref, f"loras.{index}") for index, ref in enumerate(refs)]
-        for index, path in enumerate(paths):
-            check_lora_family(path, family, f"loras.{index}")
-        if not paths:
-            yield []
-            return
-        names = [f"lora_{index}" for index in range(len(paths))]
-        guard = AdapterGuard(pipe)
-        try:
-            for index, (path, name) in enumerate(zip(paths, names)):
-                try:
-                    pipe.load_lora_weights(str(path), adapter_name=name)
-                except (ValueError, KeyError, RuntimeError, OSError) as error:
-                    raise JobInputError(
-                        f"loras.{index}", f"not a LoRA for this {family.label} model ({error})"
-                    ) from None
-            pipe.set_adapters(names, adapter_weights=[ref.scale for ref in refs])
-            yield names
-        finally:
-            guard.restore()
+        with ExitStack() as held:
+            paths = [self.resolve(ref, f"loras.{index}", held) for index, ref in enumerate(refs)]
+            for index, path in enumerate(paths):
+                check_lora_family(path, family, f"loras.{index}")
+            if not paths:
+                yield []
+                return
+            names = [f"lora_{index}" for index in range(len(paths))]
+            guard = AdapterGuard(pipe)
+            try:
+                for index, (path, name) in enumerate(zip(paths, names)):
+                    try:
+                        pipe.load_lora_weights(str(path), adapter_name=name)
+                    except (ValueError, KeyError, RuntimeError, OSError) as error:
+                        raise JobInputError(
+                            f"loras.{index}", f"not a LoRA for this {family.label} model ({error})"
+                        ) from None
+                pipe.set_adapters(names, adapter_weights=[ref.scale for ref in refs])
+                yield names
+            finally:
+                guard.restore()
