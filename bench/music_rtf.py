@@ -3,14 +3,32 @@
 Builds the models from their dimensions with random weights (no download): `--size tiny` is the test
 checkpoint's size, `--size 3b` the released HeartMuLa-oss-3B (LM bf16 on CUDA) with the real HeartCodec.
 The LM and the codec are timed separately on one song of `--seconds`; 12.5 frames/s is real time, so
-RTF = 12.5 / (frames/s), and RTF < 1 is faster than real time. Goal for 3B on one H100: combined RTF <= 0.5.
+RTF = (seconds to generate) / (seconds of audio), and RTF < 1 is faster than real time. Goals for 3B on one
+H100/H200: LM RTF <= 0.1 with CFG (graph decode), combined RTF <= 0.5.
 
-    python bench/music_rtf.py [--size tiny|3b] [--device cpu|cuda] [--seconds 30] [--cfg 1.5] [--compile]
+    python bench/music_rtf.py [--size tiny|3b] [--device cpu|cuda] [--seconds 30] [--cfg 1.5]
+                              [--codec-steps 10] [--part lm|codec|both] [--decode eager|static|graph]
+                              [--compile] [--json PATH]
+
+--size          tiny (the test checkpoint's dimensions) or 3b (the released model's)
+--device        cpu or cuda (the LM runs in bfloat16 on CUDA, float32 on the CPU; the codec in float32)
+--seconds       song length generated and decoded (default 30)
+--cfg           classifier-free guidance scale (default 1.5; 1.0 runs one row instead of two)
+--codec-steps   Euler steps per codec window (default 10, as production)
+--part          what to time: the LM, the codec or both (default)
+--decode        the LM's frame loop (docs/HEARTMULA.md §2.6): eager, static, or graph (static captured as a
+                CUDA graph). Without it every mode the device has runs, one `LM :` line each, side by side,
+                each saying whether its tokens equal the eager loop's. graph on a CPU runs static and says so.
+--compile       torch.compile the LM's transformers (dynamic shapes) and time the eager loop on them
+--json PATH     also write the figures as JSON
+
+Every `LM :` / `codec :` line reads `<part> : <frames> frames (<label>) in <s> s = <fps> frames/s, RTF <rtf>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from contextlib import nullcontext
@@ -20,11 +38,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.ace_step_rtf import ace_step_rtf
 from cache.tiny import heartmula as tiny
 from worker.music.codec import HeartCodec, onednn_disabled
-from worker.music.config import FLAVORS, CodecConfig, LMConfig, TransformerConfig
-from worker.music.lm import HeartMuLa
+from worker.music.lm import HeartMuLa, LMOutput
+from worker.music.model_config import FLAVORS, CodecConfig, LMConfig, TransformerConfig
 from worker.music.sampler import TopKSampler, generator_exponential
+from worker.music.static_decode import generate_static
 from worker.music.tokenizer import TEXT_SLOT, Prompt
 
 FRAME_RATE_HZ = 12.5
@@ -56,29 +76,36 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_lm(lm: HeartMuLa, frames: int, cfg_scale: float, device: torch.device) -> float:
+DECODES = ("eager", "static", "graph")
+
+
+def decode_song(lm: HeartMuLa, decode: str, n_steps: int, cfg_scale: float, device: torch.device) -> LMOutput:
+    """One song in the given decode, from the same seed and prompt each time."""
     generator = torch.Generator(device=device).manual_seed(0)
+    args = {
+        "n_steps": n_steps,
+        "cfg_scale": cfg_scale,
+        "sampler": TopKSampler(50, 1.0, generator_exponential(generator)),
+        "stop_id": lm.cfg.audio_vocab_size,  # past the vocabulary: random weights must not end the song early
+        "empty_id": 0,
+        "eos_check_every": 16 if device.type == "cuda" else 1,
+    }
     prompt = random_prompt(lm.cfg, PROMPT_TOKENS, torch.Generator().manual_seed(0))
-    sampler = TopKSampler(50, 1.0, generator_exponential(generator))
+    if decode == "eager":
+        return lm.generate(prompt, **args)
+    return generate_static(lm, prompt, **args, cuda_graph=decode == "graph", generator=generator)
 
-    def run(n_steps: int) -> float:
-        synchronize(device)
-        started = time.perf_counter()
-        # stop_id past the vocabulary: random weights must not end the song early
-        lm.generate(
-            prompt,
-            n_steps=n_steps,
-            cfg_scale=cfg_scale,
-            sampler=sampler,
-            stop_id=lm.cfg.audio_vocab_size,
-            empty_id=0,
-            eos_check_every=16 if device.type == "cuda" else 1,
-        )
-        synchronize(device)
-        return time.perf_counter() - started
 
-    run(8)  # warm-up: kernels, allocator, compilation
-    return run(frames - 1)
+def time_lm(
+    lm: HeartMuLa, decode: str, frames: int, cfg_scale: float, device: torch.device
+) -> tuple[float, torch.Tensor]:
+    """Seconds for a song of `frames` frames (a graph's capture included: it happens once per song)."""
+    decode_song(lm, decode, 8, cfg_scale, device)  # warm-up: kernels, allocator, compilation
+    synchronize(device)
+    started = time.perf_counter()
+    out = decode_song(lm, decode, frames - 1, cfg_scale, device)
+    synchronize(device)
+    return time.perf_counter() - started, out.frames.cpu()
 
 
 def time_codec(codec: HeartCodec, frames: int, steps: int, device: torch.device) -> tuple[float, int]:
@@ -94,7 +121,25 @@ def time_codec(codec: HeartCodec, frames: int, steps: int, device: torch.device)
         started = time.perf_counter()
         codec.detokenize(codes, noise=noise, steps=steps)
         synchronize(device)
-    return time.perf_counter() - started, codec.plan(frames, reference_quirks=False)
+    return time.perf_counter() - started, codec.plan(frames)
+
+
+def lm_modes(args: argparse.Namespace, device: torch.device) -> list[tuple[str, str]]:
+    """(label, decode) of each LM run: the one asked for, else every mode this device has."""
+    if args.decode:
+        if args.decode == "graph" and device.type != "cuda":
+            return [("graph needs CUDA; ran static", "static")]
+        return [(args.decode + (", compiled" if args.compile else ""), args.decode)]
+    if args.compile:
+        return [("eager, compiled", "eager")]
+    return [(mode, mode) for mode in DECODES if mode != "graph" or device.type == "cuda"]
+
+
+def rate_line(part: str, frames: int, label: str, seconds: float, audio_s: float) -> str:
+    return (
+        f"{part:<6}: {frames} frames ({label}) in {seconds:.2f} s = {frames / seconds:.1f} frames/s, "
+        f"RTF {seconds / audio_s:.3f}"
+    )
 
 
 def main() -> None:
@@ -105,7 +150,10 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=1.5)
     parser.add_argument("--codec-steps", type=int, default=10)
     parser.add_argument("--part", choices=["lm", "codec", "both"], default="both")
+    parser.add_argument("--decode", choices=DECODES, help="one LM decode (default: every mode, side by side)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the LM transformers")
+    parser.add_argument("--ace-step", action="store_true", help="also time ACE-Step at this size")
+    parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -121,7 +169,7 @@ def main() -> None:
         f"{' compile' if args.compile else ''}"
     )
 
-    lm_s = codec_s = 0.0
+    figures: dict[str, float | int | bool] = {"frames": frames, "audio_s": audio_s}
     if args.part in ("lm", "both"):
         with torch.device(device):
             lm = HeartMuLa(lm_cfg)
@@ -129,22 +177,41 @@ def main() -> None:
         lm.eval()
         if args.compile:
             lm.compile_transformers()
-        lm_s = time_lm(lm, frames, args.cfg, device)
-        print(
-            f"LM    : {frames} frames in {lm_s:.2f} s = {frames / lm_s:.1f} frames/s, "
-            f"RTF {lm_s / audio_s:.3f}"
-        )
+        eager_frames: torch.Tensor | None = None
+        eager_s = 0.0
+        for label, decode in lm_modes(args, device):
+            lm_s, tokens = time_lm(lm, decode, frames, args.cfg, device)
+            line = rate_line("LM", frames, label, lm_s, audio_s)
+            if decode == "eager":
+                eager_frames, eager_s = tokens, lm_s
+            elif eager_frames is not None:
+                same = torch.equal(tokens, eager_frames)
+                line += f", {eager_s / lm_s:.2f}x eager, same tokens as eager: {'yes' if same else 'NO'}"
+                figures[f"lm_{decode}_same_tokens"] = same
+            print(line, flush=True)
+            figures[f"lm_{decode}_s"] = round(lm_s, 4)
+            figures[f"lm_{decode}_rtf"] = round(lm_s / audio_s, 4)
         del lm
     if args.part in ("codec", "both"):
         with torch.device(device):
             codec = HeartCodec(codec_cfg).eval()
         codec_s, windows = time_codec(codec, frames, args.codec_steps, device)
-        print(
-            f"codec : {frames} frames ({windows} windows of 29.76 s) in {codec_s:.2f} s = "
-            f"{frames / codec_s:.1f} frames/s, RTF {codec_s / audio_s:.3f}"
-        )
+        label = f"{windows} windows of 29.76 s, {codec.windows_per_batch()} per waveform batch"
+        print(rate_line("codec", frames, label, codec_s, audio_s))
+        figures.update(codec_s=round(codec_s, 4), codec_rtf=round(codec_s / audio_s, 4))
     if args.part == "both":
-        print(f"total : RTF {(lm_s + codec_s) / audio_s:.3f} (real time = 12.5 frames/s = RTF 1)")
+        lm_best = min(v for k, v in figures.items() if k.startswith("lm_") and k.endswith("_s"))
+        print(
+            f"total : RTF {(lm_best + codec_s) / audio_s:.3f} with the fastest LM decode (real time = RTF 1)"
+        )
+    if args.ace_step:
+        heartmula_rtf = (lm_best + codec_s) / audio_s if args.part == "both" else None
+        ace_rtf = ace_step_rtf(args.size, device, args.seconds)
+        if heartmula_rtf:
+            print(f"ratio : HeartMuLa RTF / ACE-Step RTF = {heartmula_rtf / ace_rtf:.1f}", flush=True)
+        figures["ace_step_rtf"] = round(ace_rtf, 4)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cache.tiny.heartmula import build
+from tests.heartmula_reference.reference_codec import reference_plan
 from worker.music.checkpoint import CheckpointError, validate_layout
 from worker.music.generator import GenerationCancelled, MusicGenerator, MusicResult
 
@@ -206,11 +207,13 @@ def test_codes_past_the_codebook_end_the_song(generator: MusicGenerator) -> None
 
 def test_codec_windows_cover_every_code(generator: MusicGenerator) -> None:
     plan = generator.codec.plan
-    # (T - 104) % 320 == 0: the reference pads nothing and never decodes the last 52 codes (SPEC §4.6).
-    assert plan(424, reference_quirks=True) == 1
-    assert plan(424, reference_quirks=False) == 2
+    # (T - 104) % 320 == 0: the reference pads nothing and never decodes the last 52 codes
+    # (docs/HEARTMULA.md §7.7); production covers them with a second window.
+    assert reference_plan(424) == 1
+    assert plan(424) == 2
     for n_codes, windows in [(1, 1), (29, 1), (372, 1), (373, 2), (400, 2), (692, 2), (693, 3)]:
-        assert plan(n_codes, reference_quirks=False) == windows, n_codes
+        assert plan(n_codes) == windows, n_codes
+        assert reference_plan(n_codes) == windows, n_codes
 
 
 def test_both_weight_norm_forms_load_alike(tmp_path: Path) -> None:

@@ -186,8 +186,8 @@ def build_heartmula(dest: Path, device: str) -> None:
     import torch
 
     from worker.music.codec import HeartCodec
-    from worker.music.config import CodecConfig, LMConfig
     from worker.music.lm import HeartMuLa
+    from worker.music.model_config import CodecConfig, LMConfig
 
     lm_dir, codec_dir = dest / "HeartMuLa-oss-3B", dest / "HeartCodec-oss"
     lm_dir.mkdir(parents=True, exist_ok=True)

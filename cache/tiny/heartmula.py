@@ -8,7 +8,7 @@ dest/HeartCodec-oss/       config.json, model.safetensors (weight norm as weight
 dest/tokenizer.json        byte-level BPE (256 byte tokens), <|begin_of_text|>/<|end_of_text|>, BOS template
 dest/gen_config.json
 ```
-The key names and shapes follow the official checkpoints (SPEC §2.2, §4.1); they are written out here on
+The key names and shapes follow the official checkpoints (docs/HEARTMULA.md §1.5); they are written out here on
 purpose rather than taken from our modules, so that loading this checkpoint checks our loader against the
 official layout. The codec keeps the real hard-coded invariants: 256 latent channels split 2×128, 1920
 samples per latent frame, 48 kHz. The outputs are noise.

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from torch import nn
 
 from worker.music.codec import HeartCodec
-from worker.music.config import CodecConfig, GenConfig, LMConfig, read_json
 from worker.music.lm import HeartMuLa
+from worker.music.model_config import CodecConfig, GenConfig, LMConfig, read_json
 
 LM_PREFIX = "HeartMuLa-oss-"
 CODEC_DIR = "HeartCodec-oss"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -14,17 +15,24 @@ import torch
 
 from worker.music.checkpoint import load_codec, load_gen_config, load_lm, validate_layout
 from worker.music.codec import HeartCodec, onednn_disabled
-from worker.music.config import GenConfig
-from worker.music.lm import HeartMuLa
+from worker.music.lm import HeartMuLa, LMOutput
+from worker.music.model_config import GenConfig
 from worker.music.sampler import TopKSampler, generator_exponential
-from worker.music.tokenizer import PromptEncoder
+from worker.music.static_decode import GraphCaptureError, generate_static
+from worker.music.tokenizer import Prompt, PromptEncoder
 
 FRAME_MS = 80  # one LM frame = 80 ms of audio (12.5 frames/s)
 # Frames generated between two EOS checks on a GPU: each check waits for the GPU, so checking every frame
 # would stop the host from queueing the next frame's kernels while the current one runs.
 GPU_EOS_CHECK_EVERY = 16
 
+# How the LM's frame loop runs (docs/HEARTMULA.md §2.6): "static" (fixed shapes, the same tokens as
+# "eager"), "graph" (static, captured once per song as a CUDA graph and replayed; CUDA only), "eager" (shapes
+# follow the growing context). "auto" is "graph" on CUDA and "static" elsewhere.
+DECODE_MODES = ("auto", "static", "graph", "eager")
+
 ProgressCallback = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
 
 
 class GenerationCancelled(Exception):
@@ -52,12 +60,21 @@ class MusicGenerator:
     sample_rate: int = 48000
     channels: int = 2
 
-    def __init__(self, lm: HeartMuLa, codec: HeartCodec, prompts: PromptEncoder, gen: GenConfig) -> None:
+    def __init__(
+        self, lm: HeartMuLa, codec: HeartCodec, prompts: PromptEncoder, gen: GenConfig, decode: str = "auto"
+    ) -> None:
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
         self.lm = lm
         self.codec = codec
         self.prompts = prompts
         self.gen = gen
         self.device = lm.device
+        if decode == "auto":
+            decode = "graph" if self.device.type == "cuda" else "static"
+        if decode == "graph" and self.device.type != "cuda":
+            raise ValueError("decode='graph' needs a CUDA device")
+        self.decode = decode
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -82,9 +99,11 @@ class MusicGenerator:
         device: str | torch.device = "cpu",
         version: str | None = None,
         compile_lm: bool = False,
+        decode: str = "auto",
     ) -> MusicGenerator:
         """Loads the official layout under `root` (LM bf16 + codec fp32 on CUDA, all float32 on the CPU).
-        `compile_lm` opts into `HeartMuLa.compile_transformers` (not measured on a GPU yet)."""
+        `compile_lm` opts into `HeartMuLa.compile_transformers` (not measured on a GPU yet); `decode` is one
+        of DECODE_MODES."""
         layout = validate_layout(root, version)
         device = torch.device(device)
         lm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -93,7 +112,7 @@ class MusicGenerator:
         if compile_lm:
             lm.compile_transformers()
         codec = load_codec(layout.codec_dir, device=device)
-        return cls(lm, codec, PromptEncoder.from_file(layout.tokenizer, gen), gen)
+        return cls(lm, codec, PromptEncoder.from_file(layout.tokenizer, gen), gen, decode)
 
     def generate(
         self,
@@ -135,19 +154,8 @@ class MusicGenerator:
             return report
 
         generator = torch.Generator(device=self.device).manual_seed(seed % 2**64)
-        lm_hook = hook("lm")
         started = time.perf_counter()
-        lm_hook(0, n_steps + 1)
-        out = self.lm.generate(
-            prompt,
-            n_steps=n_steps,
-            cfg_scale=cfg_scale,
-            sampler=TopKSampler(topk, temperature, generator_exponential(generator)),
-            stop_id=self.gen.audio_eos_id,
-            empty_id=self.gen.empty_id,
-            eos_check_every=GPU_EOS_CHECK_EVERY if self.device.type == "cuda" else 1,
-            on_frame=lm_hook,
-        )
+        out = self._run_lm(prompt, n_steps, cfg_scale, topk, temperature, generator, hook("lm"))
         frames = self._decodable(out.frames)
         lm_s = time.perf_counter() - started
 
@@ -156,7 +164,7 @@ class MusicGenerator:
             wav = torch.zeros(self.channels, 0)
         else:
             codec_hook = hook("codec")
-            codec_hook(0, self.codec.plan(frames.shape[1], reference_quirks=False) * (codec_steps + 1))
+            codec_hook(0, self.codec.plan(frames.shape[1]) * (codec_steps + 1))
 
             def noise(shape: tuple[int, ...]) -> torch.Tensor:
                 return torch.randn(shape, generator=generator, device=self.device)
@@ -165,6 +173,41 @@ class MusicGenerator:
                 wav = self.codec.detokenize(frames, noise=noise, steps=codec_steps, on_step=codec_hook).wav
         codec_s = time.perf_counter() - started
         return MusicResult(wav.numpy(), frames.shape[1], lm_s, codec_s)
+
+    def _run_lm(
+        self,
+        prompt: Prompt,
+        n_steps: int,
+        cfg_scale: float,
+        topk: int,
+        temperature: float,
+        generator: torch.Generator,
+        on_frame: Callable[[int, int], None],
+    ) -> LMOutput:
+        """The LM's frames with the configured decode; a CUDA graph that cannot be captured switches this
+        generator to the eager loop for good (logged once), and the song is generated again from its seed."""
+        state = generator.get_state()
+        on_frame(0, n_steps + 1)
+        args = {
+            "n_steps": n_steps,
+            "cfg_scale": cfg_scale,
+            "sampler": TopKSampler(topk, temperature, generator_exponential(generator)),
+            "stop_id": self.gen.audio_eos_id,
+            "empty_id": self.gen.empty_id,
+            "eos_check_every": GPU_EOS_CHECK_EVERY if self.device.type == "cuda" else 1,
+            "on_frame": on_frame,
+        }
+        if self.decode == "eager":
+            return self.lm.generate(prompt, **args)
+        if self.decode == "static":
+            return generate_static(self.lm, prompt, **args)
+        try:
+            return generate_static(self.lm, prompt, **args, cuda_graph=True, generator=generator)
+        except GraphCaptureError as exc:
+            log.warning("CUDA graph decode failed (%s); using the eager decode from now on", exc)
+            self.decode = "eager"
+            generator.set_state(state)
+            return self.lm.generate(prompt, **args)
 
     def _decodable(self, frames: torch.Tensor) -> torch.Tensor:
         """Cuts the song before the first frame holding an id the codec has no entry for. The reference stops
@@ -182,7 +225,7 @@ class MusicGenerator:
             else None,
             "temperature": "must be > 0" if not (math.isfinite(temperature) and temperature > 0) else None,
             "topk": f"must be between 1 and {vocab}" if not 1 <= topk <= vocab else None,
-            # cfg < 1 would run two independent conditional rows (SPEC §7.10): rejected, as it is meaningless.
+            # cfg < 1 would run two independent conditional rows (docs/HEARTMULA.md §7.3): rejected, as it is meaningless.
             "cfg_scale": "must be >= 1" if not (math.isfinite(cfg_scale) and cfg_scale >= 1) else None,
             "codec_steps": "must be >= 1" if codec_steps < 1 else None,
         }

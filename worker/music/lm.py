@@ -1,8 +1,10 @@
-"""HeartMuLa: a Llama-3.2 backbone over 9-slot frame embeddings plus a small local decoder (SPEC §2).
+"""HeartMuLa: a Llama-3.2 backbone over 9-slot frame embeddings plus a small local decoder (docs/HEARTMULA.md §2).
 
 Parameter names match the official state dict, so checkpoints load by their own keys. KV caches are not
 part of the modules: each `generate` call allocates its own, sized for that request and holding only the
 KV heads, which keeps the model reentrant and lets CFG (batch 2) and no-CFG (batch 1) requests alternate.
+This module holds the eager frame loop (shapes follow the growing context); `static_decode` runs the same
+frame step on fixed shapes.
 """
 
 from __future__ import annotations
@@ -14,16 +16,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.music.config import LMConfig, TransformerConfig
+from worker.music.model_config import LMConfig, TransformerConfig
 from worker.music.rope import apply_rope, llama3_frequencies, rope_table
 from worker.music.tokenizer import Prompt
 
 # (logits [B', V] float32, codebook index) -> tokens [B', 1] int32
 Sampler = Callable[[torch.Tensor, int], torch.Tensor]
-# Receives named intermediates (conformance tracing); None in production.
-Trace = Callable[[str, torch.Tensor], None]
 # (frames done, frames at most); may raise to stop generation.
 FrameHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class StaticPosition:
+    """One query at a position held in a tensor, for a step whose shapes never change: `pos [1]` int64 is
+    the slot the step writes, `valid [1, 1, 1, capacity]` bool the slots it may attend to (those <= pos)."""
+
+    pos: torch.Tensor
+    valid: torch.Tensor
+
+
+# Where a transformer call writes and what it attends to: a Python int `start` for the positions
+# start..start+s-1 (attending to exactly that prefix), or a StaticPosition.
+At = int | StaticPosition
 
 
 class RMSNorm(nn.Module):
@@ -65,29 +79,31 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        start: int,
+        at: At,
     ) -> torch.Tensor:
         b, s, _ = x.shape
         q = apply_rope(self.q_proj(x).view(b, s, self.num_heads, self.head_dim), cos, sin).transpose(1, 2)
         k = apply_rope(self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        end = start + s
-        k_cache[:, :, start:end] = k
-        v_cache[:, :, start:end] = v
+        gqa = self.num_heads != self.num_kv_heads  # SDPA repeats KV heads in repeat_interleave order
+        if isinstance(at, StaticPosition):
+            # Written in place and attended over the whole capacity, masked: the same shapes every step.
+            k_cache.index_copy_(2, at.pos, k)
+            v_cache.index_copy_(2, at.pos, v)
+            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=at.valid, enable_gqa=gqa)
+            return self.output_proj(out.transpose(1, 2).reshape(b, s, -1))
+        end = at + s
+        k_cache[:, :, at:end] = k
+        v_cache[:, :, at:end] = v
         # Attending to exactly the written prefix is the reference's masked full-length cache, minus the
         # masked-out slots; a single query needs no mask at all.
         mask, causal = None, False
-        if s > 1 and start == 0:
+        if s > 1 and at == 0:
             causal = True
         elif s > 1:
-            mask = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            mask = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(diagonal=at)
         out = F.scaled_dot_product_attention(
-            q,
-            k_cache[:, :, :end],
-            v_cache[:, :, :end],
-            attn_mask=mask,
-            is_causal=causal,
-            enable_gqa=self.num_heads != self.num_kv_heads,  # repeat_interleave order, as the reference
+            q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask, is_causal=causal, enable_gqa=gqa
         )
         return self.output_proj(out.transpose(1, 2).reshape(b, s, -1))
 
@@ -118,9 +134,9 @@ class Layer(nn.Module):
         sin: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        start: int,
+        at: At,
     ) -> torch.Tensor:
-        h = self.attn(self.sa_norm(x), cos, sin, k_cache, v_cache, start) + x
+        h = self.attn(self.sa_norm(x), cos, sin, k_cache, v_cache, at) + x
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -135,7 +151,7 @@ class Transformer(nn.Module):
         self.rebuild_buffers()
 
     def rebuild_buffers(self) -> None:
-        """The RoPE table, built eagerly (SPEC §7.6) on the weights' device; it is not in the state dict."""
+        """The RoPE table, built eagerly (docs/HEARTMULA.md §7.6) on the weights' device; it is not in the state dict."""
         device = self.norm.scale.device
         freqs = llama3_frequencies(self.cfg.head_dim, self.cfg.rope_base, self.cfg.scale_factor)
         cos, sin = rope_table(freqs, self.cfg.max_seq_len)
@@ -147,11 +163,13 @@ class Transformer(nn.Module):
             raise ValueError(f"{capacity} positions exceed the context of {self.cfg.max_seq_len}")
         return KVCache(self.cfg, batch, capacity, self.norm.scale.dtype, self.norm.scale.device)
 
-    def forward(self, h: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
-        end = start + h.shape[1]
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+    def forward(self, h: torch.Tensor, cache: KVCache, at: At) -> torch.Tensor:
+        if isinstance(at, StaticPosition):
+            cos, sin = self.rope_cos.index_select(0, at.pos), self.rope_sin.index_select(0, at.pos)
+        else:
+            cos, sin = self.rope_cos[at : at + h.shape[1]], self.rope_sin[at : at + h.shape[1]]
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, cache.k[i], cache.v[i], start)
+            h = layer(h, cos, sin, cache.k[i], cache.v[i], at)
         return self.norm(h).float()
 
 
@@ -204,7 +222,7 @@ class HeartMuLa(nn.Module):
         return self.audio_head.device
 
     def embed(self, tokens: torch.Tensor, mask: torch.Tensor, uncond: bool) -> torch.Tensor:
-        """Sum of the masked slot embeddings (SPEC §2.4); with `uncond`, row 1 gets the unconditional text."""
+        """Sum of the masked slot embeddings (docs/HEARTMULA.md §2.2); with `uncond`, row 1 gets the unconditional text."""
         b, s, _ = tokens.shape
         k = self.cfg.audio_num_codebooks
         text = self.text_embeddings(tokens[:, :, k])
@@ -213,6 +231,32 @@ class HeartMuLa(nn.Module):
         audio = self.audio_embeddings(tokens[:, :, :k] + self.codebook_offsets).view(b, s, k, -1)
         slots = torch.cat([audio, text[:, :, None]], dim=2)
         return (slots * mask[..., None]).sum(dim=2)
+
+    def codebook_logits(self, h: torch.Tensor, codebook: int) -> torch.Tensor:
+        """Logits `[B, V]` of one codebook: codebook 0 from the backbone state, the others from the decoder's."""
+        if codebook == 0:
+            return self.codebook0_head(h.to(self.dtype))
+        return torch.mm(h.to(self.dtype), self.audio_head[codebook - 1])
+
+    def prompt_embedding(self, prompt: Prompt, batch: int, guided: bool) -> torch.Tensor:
+        """The first step's input `[B, L, D]`: the prompt's slots, with the MuQ (reference audio) row."""
+        tokens = prompt.tokens.to(self.device)[None].expand(batch, -1, -1)
+        mask = prompt.mask.to(self.device)[None].expand(batch, -1, -1)
+        h = self.embed(tokens, mask, uncond=guided)
+        # No reference audio, so the projection of a zero vector.
+        muq = self.muq_linear(torch.zeros(batch, self.cfg.muq_dim, dtype=self.dtype, device=self.device))
+        if guided:
+            muq[1:] = self.unconditional_text_embedding.weight[0]
+        h[:, prompt.muq_idx] = muq
+        return h
+
+    def frame_inputs(self, batch: int, empty_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token and mask buffers `[B, 1, 9]` of an audio frame step: the codes go in slots 0..7."""
+        k = self.cfg.audio_num_codebooks
+        tokens = torch.full((batch, 1, k + 1), empty_id, dtype=torch.long, device=self.device)
+        mask = torch.ones(batch, 1, k + 1, dtype=torch.bool, device=self.device)
+        mask[..., k] = False  # the text slot is off in audio frames
+        return tokens, mask
 
     @torch.inference_mode()
     def generate(
@@ -225,95 +269,90 @@ class HeartMuLa(nn.Module):
         stop_id: int,
         empty_id: int,
         eos_check_every: int = 1,
-        trace: Trace | None = None,
         on_frame: FrameHook | None = None,
     ) -> LMOutput:
-        """The reference `_forward`: a prompt step then `n_steps` frame steps, stopping at the first frame
-        (after the first) with any code >= stop_id. `eos_check_every` > 1 batches that check, trading up to
-        that many wasted steps for fewer host syncs on GPU; the result is the same."""
-        batch = 2 if cfg_scale != 1.0 else 1
-        guided = cfg_scale > 1.0 and batch > 1
+        """The reference `_forward`, eagerly: a prompt step then `n_steps` frame steps, stopping at the first
+        frame (after the first) with any code >= stop_id. `eos_check_every` > 1 batches that check, trading
+        up to that many wasted steps for fewer host syncs on GPU; the result is the same."""
+        batch, guidance = cfg_rows(cfg_scale)
         length = prompt.tokens.shape[0]
         k = self.cfg.audio_num_codebooks
-        caches = (
-            self.backbone.new_cache(batch, length + n_steps + 1),
-            self.decoder.new_cache(batch, k),
-        )
-        step = _FrameStep(self, caches, sampler, cfg_scale if guided else None, trace)
-
-        tokens = prompt.tokens.to(self.device)[None].expand(batch, -1, -1)
-        mask = prompt.mask.to(self.device)[None].expand(batch, -1, -1)
-        h = self.embed(tokens, mask, uncond=guided)
-        # The MuQ (reference audio) slot: no reference audio, so the projection of a zero vector.
-        muq = self.muq_linear(torch.zeros(batch, self.cfg.muq_dim, dtype=self.dtype, device=self.device))
-        if guided:
-            muq[1:] = self.unconditional_text_embedding.weight[0]
-        h[:, prompt.muq_idx] = muq
-        cur = step(h, 0)
+        caches = (self.backbone.new_cache(batch, length + n_steps + 1), self.decoder.new_cache(batch, k))
+        step = FrameStep(self, caches, sampler, guidance)
+        cur = step(self.prompt_embedding(prompt, batch, guidance is not None), 0)
 
         total = n_steps + 1
         frames = torch.empty(total, k, dtype=torch.int32, device=self.device)
         is_eos = torch.zeros(total, dtype=torch.bool, device=self.device)
         frames[0] = cur[0]
-        step_tokens = torch.full((batch, 1, k + 1), empty_id, dtype=torch.long, device=self.device)
-        step_mask = torch.ones(batch, 1, k + 1, dtype=torch.bool, device=self.device)
-        step_mask[..., k] = False  # the text slot is off in audio frames
-        checked = 1  # the first frame is never EOS-checked
-        if on_frame:
-            on_frame(1, total)
+        step_tokens, step_mask = self.frame_inputs(batch, empty_id)
+        eos = EosWatch(total, eos_check_every, on_frame)
         for i in range(n_steps):
             step_tokens[:, 0, :k] = cur
-            cur = step(self.embed(step_tokens, step_mask, uncond=guided), length + i)
+            cur = step(self.embed(step_tokens, step_mask, uncond=guidance is not None), length + i)
             frames[i + 1] = cur[0]
             is_eos[i + 1] = (cur[0] >= stop_id).any()
-            done = i + 2
-            if on_frame:
-                on_frame(done, total)
-            if done - checked >= eos_check_every or done == total:
-                hits = is_eos[checked:done].nonzero()  # the only host sync of the loop
-                if hits.numel():
-                    end = checked + int(hits[0])
-                    return LMOutput(frames[:end].T.contiguous(), calls=done, stopped_on_eos=True)
-                checked = done
+            end = eos.after_frame(i + 2, is_eos)
+            if end is not None:
+                return LMOutput(frames[:end].T.contiguous(), calls=i + 2, stopped_on_eos=True)
         return LMOutput(frames.T.contiguous(), calls=total, stopped_on_eos=False)
 
 
-class _FrameStep:
+def cfg_rows(cfg_scale: float) -> tuple[int, float | None]:
+    """Batch size and guidance of a request: two rows unless cfg is exactly 1, mixed only when cfg > 1."""
+    batch = 2 if cfg_scale != 1.0 else 1
+    return batch, cfg_scale if cfg_scale > 1.0 and batch > 1 else None
+
+
+class EosWatch:
+    """The frame loop's bookkeeping after each frame: progress, and every `every` frames the one host sync
+    that looks for an EOS frame among those not checked yet (the first frame is never checked)."""
+
+    def __init__(self, total: int, every: int, on_frame: FrameHook | None) -> None:
+        self.total = total
+        self.every = every
+        self.on_frame = on_frame
+        self.checked = 1
+        if on_frame:
+            on_frame(1, total)
+
+    def after_frame(self, done: int, is_eos: torch.Tensor) -> int | None:
+        """`done` frames exist; returns the song's length in frames when an EOS frame was found."""
+        if self.on_frame:
+            self.on_frame(done, self.total)
+        if done - self.checked >= self.every or done == self.total:
+            hits = is_eos[self.checked : done].nonzero()
+            if hits.numel():
+                return self.checked + int(hits[0])
+            self.checked = done
+        return None
+
+
+class FrameStep:
     """`generate_frame` of the reference: backbone step, codebook 0 from its head, codebooks 1..K-1 from
-    the local decoder, each sampled (with CFG mixing) before the next is embedded."""
+    the local decoder, each sampled (with CFG mixing) before the next is embedded. Shapes depend only on
+    the input's length, and the decoder's positions are the same every frame, so a step at a
+    StaticPosition can be captured as a CUDA graph."""
 
     def __init__(
-        self,
-        model: HeartMuLa,
-        caches: tuple[KVCache, KVCache],
-        sampler: Sampler,
-        guidance: float | None,
-        trace: Trace | None,
+        self, model: HeartMuLa, caches: tuple[KVCache, KVCache], sampler: Sampler, guidance: float | None
     ) -> None:
         self.model = model
         self.backbone_cache, self.decoder_cache = caches
         self.sampler = sampler
         self.guidance = guidance
-        self.trace = trace
 
-    def __call__(self, h: torch.Tensor, start: int) -> torch.Tensor:
+    def __call__(self, h: torch.Tensor, at: At) -> torch.Tensor:
         m = self.model
-        dtype = m.dtype
-        last = m.backbone(h, self.backbone_cache, start)[:, -1]
-        self._trace("last_h", last)
-        logits = m.codebook0_head(last.to(dtype))
-        self._trace("c0_logits_raw", logits)
-        token = self._pick(logits, 0)
+        last = m.backbone(h, self.backbone_cache, at)[:, -1]
+        token = self._pick(m.codebook_logits(last, 0), 0)
         codes = [token]
         # The decoder restarts every frame at position 0: the backbone state, then codebook 0's embedding.
-        x = torch.cat([last[:, None].to(dtype), m.audio_embeddings(token)], dim=1)
+        x = torch.cat([last[:, None].to(m.dtype), m.audio_embeddings(token)], dim=1)
         position = 0
         for i in range(1, m.cfg.audio_num_codebooks):
             d = m.decoder(m.projection(x), self.decoder_cache, position)[:, -1]
-            self._trace("decoder_last_h", d)
-            logits = torch.mm(d.to(dtype), m.audio_head[i - 1])
-            self._trace("ci_logits_raw", logits)
-            token = self._pick(logits, i)
+            token = self._pick(m.codebook_logits(d, i), i)
             codes.append(token)
             position += x.shape[1]
             x = m.audio_embeddings(token + i * m.cfg.audio_vocab_size)
@@ -322,13 +361,7 @@ class _FrameStep:
     def _pick(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
         logits = logits.float()
         if self.guidance is None:
-            self._trace("sampler_input_logits", logits)
             return self.sampler(logits, codebook)
         cond, uncond = logits[:1], logits[1:]
         mixed = uncond + (cond - uncond) * self.guidance  # this exact op order gives bit-exact frames
-        self._trace("sampler_input_logits", mixed)
         return self.sampler(mixed, codebook).repeat(logits.shape[0], 1)
-
-    def _trace(self, name: str, value: torch.Tensor) -> None:
-        if self.trace is not None:
-            self.trace(name, value)

@@ -1,7 +1,7 @@
-"""Prompt construction (SPEC §2.5): tags and lyrics to the `[L, 9]` token/mask grid of the LM.
+"""Prompt construction (docs/HEARTMULA.md §2.3): tags and lyrics to the `[L, 9]` token/mask grid of the LM.
 
 Unlike the reference, a tags/lyrics string is always text: it is never resolved as a file path, so a
-request cannot make the worker read server files (SPEC §7.2).
+request cannot make the worker read server files (docs/HEARTMULA.md §7.2).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from worker.music.config import GenConfig
+from worker.music.model_config import GenConfig
 
 TEXT_SLOT = 8  # slots 0..7 are the audio codebooks, slot 8 the text
 

@@ -1,7 +1,7 @@
 """Typed configurations of HeartMuLa (LM) and HeartCodec, parsed from the checkpoints' JSON files.
 
 An LM flavor is a name in the official checkpoints (`"llama-3B"`); its dimensions come from the table of
-SPEC §2.1. A config may instead give the dimensions explicitly as a dict of the same llama3_2 builder
+docs/HEARTMULA.md §1.2. A config may instead give the dimensions explicitly as a dict of the same llama3_2 builder
 arguments, which is how tiny test checkpoints describe themselves.
 """
 
@@ -64,7 +64,7 @@ def _flavor(
     return TransformerConfig(layers, dim, heads, kv_heads, ffn, max_seq_len)
 
 
-# SPEC §2.1. Every flavor uses rope_base 500000, RoPE scale factor 32 and norm_eps 1e-5 (the defaults).
+# docs/HEARTMULA.md §1.2. Every flavor uses rope_base 500000, RoPE scale factor 32 and norm_eps 1e-5 (the defaults).
 FLAVORS: dict[str, TransformerConfig] = {
     "llama-3B": _flavor(28, 3072, 24, 8, 8192, 8192),
     "llama-300M": _flavor(3, 3072, 8, 4, 8192, 2048),
@@ -145,7 +145,7 @@ class CodecConfig:
     num_bands: int = 1
 
     def __post_init__(self) -> None:
-        # Values the reference hard-codes elsewhere (SPEC §1); a config that breaks them cannot be decoded.
+        # Values the reference hard-codes elsewhere (docs/HEARTMULA.md §1.3); a config that breaks them cannot be decoded.
         checks = {
             "out_channels == 256": self.out_channels == 256,
             "latent_hidden_dim == 128": self.latent_hidden_dim == 128,
@@ -173,7 +173,7 @@ class CodecConfig:
         return math.prod(self.upsample_factors) * self.num_samples
 
     def channels(self, j: int) -> int:
-        """c_j of SPEC §4.1: decoder channel count at depth j (c_5 right after the first conv)."""
+        """c_j of docs/HEARTMULA.md §4.1: decoder channel count at depth j (c_5 right after the first conv)."""
         return self.init_channel * 2**j
 
     @classmethod
@@ -184,7 +184,7 @@ class CodecConfig:
 
 
 def mlp_width(dim: int) -> int:
-    """M(D) of SPEC §4.1: the DiT feed-forward width, 8/3·D rounded up to a multiple of 256."""
+    """M(D) of docs/HEARTMULA.md §4.1: the DiT feed-forward width, 8/3·D rounded up to a multiple of 256."""
     return 256 * math.ceil((8 * dim // 3) / 256)
 
 
