@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from worker.music.checkpoint import CheckpointError, validate_layout
 from worker.music.generator import GenerationCancelled, MusicGenerator, MusicResult
 
 SAMPLES_PER_FRAME = 3840  # 80 ms at 48 kHz
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -237,3 +239,22 @@ def test_both_weight_norm_forms_load_alike(tmp_path: Path) -> None:
     expected = torch._weight_norm(v, g, 0)
     assert torch.equal(a, b)
     assert torch.allclose(a, expected, rtol=0, atol=1e-7)
+
+
+def test_every_heartmula_citation_names_a_section() -> None:
+    doc = (ROOT / "docs" / "HEARTMULA.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", doc, re.MULTILINE))
+    citing = [
+        *ROOT.glob("worker/music/*.py"),
+        *ROOT.glob("tests/heartmula_reference/*.py"),
+        ROOT / "cache" / "tiny" / "heartmula.py",
+        ROOT / "tests" / "fixtures" / "heartmula" / "README.md",
+    ]
+    cited: dict[str, str] = {}
+    for path in citing:
+        text = path.read_text(encoding="utf-8")
+        assert "SPEC §" not in text, path  # the notes outside the repository are gone
+        for section in re.findall(r"docs/HEARTMULA\.md §(\d+(?:\.\d+)?)", text):
+            cited.setdefault(section, path.name)
+    assert len(cited) > 10
+    assert {s: where for s, where in cited.items() if s not in sections} == {}
