@@ -39,6 +39,8 @@ def worker(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         model_profile="production",
         worker_jobs=("image", "training", "music"),
         warm_on_start=False,
+        image_models=("sdxl-base",),
+        music_models=("heartmula",),
     )
     worker = Worker(settings).start()
     # The random-weight folders are no catalog model: the resolver hands them over directly (the model cache's
@@ -129,7 +131,7 @@ def test_bf16_training_then_its_lora_applied_and_removed(worker: Worker) -> None
 def test_music_job_on_the_3b_model(worker: Worker) -> None:
     import torch
 
-    generator = worker.pipeline("music").generator
+    generator = worker.pipeline("music").engine("heartmula")
     assert generator.lm.dtype == torch.bfloat16 and generator.lm.device.type == "cuda"
     assert next(generator.codec.parameters()).dtype == torch.float32
     assert sum(p.numel() for p in generator.lm.parameters()) > 3.5e9
@@ -142,6 +144,7 @@ def test_music_job_on_the_3b_model(worker: Worker) -> None:
         duration_s=4,
         cfg_scale=1.5,
         seed=3,
+        model="heartmula",
     )
     (audio,) = answer["outputs"]
     assert audio["kind"] == "audio" and audio["sample_rate"] == 48000 and audio["channels"] == 2

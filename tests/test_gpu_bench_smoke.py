@@ -48,19 +48,19 @@ def test_a_failing_or_overrunning_step_is_a_row_and_the_others_still_run(tmp_pat
     assert "steps_per_s=2.5" in table and "no time left" in table
 
 
-def test_music_modes_follow_the_benchs_help() -> None:
-    assert gpu_report.music_modes("  --part {lm,codec,both}\n  --compile  torch.compile") == [
-        ("eager", []),
-        ("compiled", ["--compile"]),
-    ]
-    help_text = "  --decode {eager,static,graph}\n                        how the LM decodes\n  --compile"
-    assert [label for label, _ in gpu_report.music_modes(help_text)] == [
-        "eager",
-        "static",
-        "graph",
-        "compiled",
-    ]
-    assert gpu_report.music_modes(help_text)[2] == ("graph", ["--decode", "graph"])
+def test_music_lines_become_figures_per_decode_mode() -> None:
+    stdout = (
+        "size=3b device=cuda\n"
+        "LM    : 375 frames (eager) in 30.10 s = 12.5 frames/s, RTF 1.003\n"
+        "LM    : 375 frames (graph) in 3.00 s = 125.0 frames/s, RTF 0.100, 10.03x eager, same tokens as eager: yes\n"
+        "codec : 375 frames (2 windows of 29.76 s, 2 per waveform batch) in 1.50 s = 250.0 frames/s, RTF 0.050\n"
+    )
+    figures = gpu_report.music_figures(stdout)
+    assert figures["lm_eager_rtf"] == 1.003 and "lm_eager_same_tokens" not in figures
+    assert figures["lm_graph_fps"] == 125.0 and figures["lm_graph_same_tokens"] is True
+    assert figures["codec_rtf"] == 0.05 and figures["codec_frames"] == 375
+    compiled = "LM    : 12 frames (eager, compiled) in 1.00 s = 12.0 frames/s, RTF 1.000"
+    assert gpu_report.music_figures(compiled)["lm_eager_compiled_rtf"] == 1.0
 
 
 @pytest.mark.slow

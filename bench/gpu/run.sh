@@ -11,17 +11,29 @@ if [ -z "$python" ]; then
   if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
 fi
 
-# Wheels fetched by bench/gpu/fetch_wheels.sh: the packages the GPU machine lacks, at the project's versions.
-# They go into a temp site dir first on the path, so they never touch the machine's own packages.
+# Wheels fetched by bench/gpu/fetch_wheels.sh: the packages the GPU machine lacks, at the project's versions
+# (CPython 3.12). They go into a temp site dir first on the path, never into the machine's own packages. The CPU
+# smoke runs in this repo's environment, which has them all.
+smoke=false
+for arg in "$@"; do [ "$arg" = --cpu-smoke ] && smoke=true; done
 shopt -s nullglob
 wheels=(.whl/*.whl)
-if [ "${#wheels[@]}" -gt 0 ]; then
+if [ "$smoke" = false ] && [ "${#wheels[@]}" -gt 0 ]; then
   site="$(mktemp -d "${TMPDIR:-/tmp}/gpu-site.XXXXXX")"
-  "$python" -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$site" "${wheels[@]}"
+  if "$python" -m pip --version >/dev/null 2>&1; then
+    "$python" -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$site" "${wheels[@]}"
+  else
+    # no pip there: a wheel is a zip of its site-packages files, which is all an import needs
+    for wheel in "${wheels[@]}"; do "$python" -m zipfile -e "$wheel" "$site"; done
+  fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-# The hard stop: the report is rewritten after every step, so even this kill leaves what was measured.
+# The GPU run's hard stop (8 minutes in all): the report is rewritten after every step, so even this kill leaves
+# what was measured. The smoke has no such limit: it tests the run, not the speed.
+if [ "$smoke" = true ]; then
+  exec "$python" bench/gpu/gpu_report.py "$@"
+fi
 exec timeout -k 10 "${GPU_RUN_LIMIT_S:-460}" "$python" bench/gpu/gpu_report.py "$@"
