@@ -110,7 +110,9 @@ def test_bad_training_input_is_a_field_error_and_the_worker_keeps_serving(
     image_sha(worker, "e2e-still-serving")
 
 
-def test_cancelled_training_result_keeps_the_last_checkpoint(worker: Worker, dataset: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def cancelled(worker: Worker, dataset: dict[str, Any]) -> dict[str, Any]:
+    """A training cancelled after its second step (the progress sink sets the event)."""
     job = {
         "type": "training",
         "dataset_job_id": "e2e-dataset",
@@ -119,9 +121,50 @@ def test_cancelled_training_result_keeps_the_last_checkpoint(worker: Worker, dat
         "resolution": 64,
         "seed": 4,
     }
-    result = worker.handle_sync({"id": "e2e-cancel", "input": job}, cancel_event=CANCEL)
+    return worker.handle_sync({"id": "e2e-cancel", "input": job}, cancel_event=CANCEL)
+
+
+def test_cancelled_training_result_keeps_the_last_checkpoint(
+    worker: Worker, cancelled: dict[str, Any]
+) -> None:
+    result = cancelled
     assert result["cancelled"] is True and result["steps_done"] == 2, result
     checkpoint = next(o for o in result["outputs"] if o["kind"] == "checkpoint")
     assert Path(checkpoint["path"]).is_file() and checkpoint["step"] == 2
     assert checkpoint["relpath"] in result["message"]
     assert json.loads((worker.store.root / "e2e-cancel" / "result.json").read_text())["cancelled"] is True
+
+
+def test_cancelled_training_resumes_to_the_end(worker: Worker, cancelled: dict[str, Any]) -> None:
+    job = {
+        "type": "training",
+        "dataset_job_id": "e2e-dataset",
+        "rank": 2,
+        "steps": 5,
+        "resolution": 64,
+        "seed": 4,
+        "resume_from": "e2e-cancel",
+        "sample_grid": False,
+    }
+    result = worker.handle_sync({"id": "e2e-resumed", "input": job})
+    assert "error" not in result, result
+    assert result["resumed_from_step"] == 2 and result["steps_done"] == 5 and result["cancelled"] is False
+    assert any(o["kind"] == "lora" for o in result["outputs"])
+
+
+def test_uncaptioned_images_are_captioned_by_the_model_the_cache_builds(worker: Worker) -> None:
+    images = [{"image": png_base64(size=(64, 96))}, {"image": png_base64(size=(96, 64)), "caption": "auto"}]
+    job = {
+        "type": "training",
+        "images": images,
+        "trigger_word": "zqx",
+        "steps": 1,
+        "resolution": 64,
+        "seed": 1,
+    }
+    result = worker.handle_sync({"id": "e2e-captions", "input": {**job, "sample_grid": False}})
+    assert "error" not in result, result
+    assert (worker.volume.models_dir / "blip-tiny" / "config.json").is_file()
+    assert [entry["caption"].split(", ")[0] for entry in result["auto_captions"]] == ["zqx", "zqx"]
+    dataset = worker.store.root / "e2e-captions" / "dataset"
+    assert sorted(path.name for path in dataset.iterdir()) == ["0001.png", "0001.txt", "0002.png", "0002.txt"]
