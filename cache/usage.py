@@ -180,19 +180,21 @@ class Usage:
         try:
             models = [m for m in self.on_demand() if m.name != exclude]
             used = sum(m.size for m in models)
-            evicted, blocked = [], []
-            for model in models:
+            reasons = {m.name: self._protection(m.name, protected) for m in models}
+            evictable = sum(m.size for m in models if reasons[m.name] is None)
+            evicted, blocked = [], [f"{m.ref} ({reasons[m.name]})" for m in models if reasons[m.name]]
+            # nothing is evicted unless evicting is enough
+            for model in models if used - evictable + needed <= budget else ():
                 if used + needed <= budget:
                     break
-                reason = self._protection(model.name, protected)
-                if reason is None and self.remove(model.name):
+                if reasons[model.name] is None and self.remove(model.name):
                     used -= model.size
                     evicted.append(model.name)
                     log.info(
                         "evicted %s (%s, %s) to fit %s", model.ref, model.name, human_bytes(model.size), what
                     )
-                else:
-                    blocked.append(f"{model.ref} ({reason or 'in use'})")
+                elif reasons[model.name] is None:
+                    blocked.append(f"{model.ref} (taken into use)")
             if used + needed > budget:
                 raise BudgetError(
                     f"{what} needs {human_bytes(needed)} but CACHE_MAX_GB={budget / 1e9:g} holds "

@@ -17,6 +17,7 @@ from hub_server import FakeHub, FakeRepo
 
 from cache import (
     AccessDeniedError,
+    BudgetError,
     LayoutError,
     ModelCache,
     ModelKindError,
@@ -313,3 +314,27 @@ def test_catalog_fingerprints_are_unchanged_so_published_models_stay_valid() -> 
         ("sdxl-base", "production"): "696e18d959621d26",
         ("sdxl-base", "tiny"): "e82275d3e3bfd899",
     }
+
+
+def test_prefetched_models_are_never_evicted_and_the_budget_is_named(hub: FakeHub, tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        hub.add(
+            FakeRepo(f"org/{name}", {"model.safetensors": sdxl_checkpoint_bytes(1_000_000, seed=ord(name))})
+        )
+    refs = {name: parse_ref(f"hf:org/{name}/model.safetensors") for name in ("a", "b", "c")}
+    models = tmp_path / "models"
+    starting = make_cache(models, hub)
+    starting.prefetch([refs["a"].text], timeout=30)
+    # another worker, with a 2.5 MB budget: "a" is the least recently used but kept
+    other = make_cache(models, hub)
+    other.max_bytes = 2_500_000
+    other.fetch(refs["b"], timeout=30)
+    other.fetch(refs["c"], timeout=30)
+
+    assert (models / refs["a"].folder_name).is_dir() and (models / refs["c"].folder_name).is_dir()
+    assert not (models / refs["b"].folder_name).exists()
+    other.max_bytes = 1_500_000
+    with pytest.raises(
+        BudgetError, match=r"CACHE_MAX_GB=0.0015 holds .*hf:org/a/model.safetensors \(prefetched"
+    ):
+        other.fetch(refs["b"], timeout=30)
