@@ -3,6 +3,7 @@ what to do about it."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,16 @@ class AccessDeniedError(CacheError):
 
 
 class InsufficientSpaceError(CacheError):
-    """The volume lacks the free space the download needs (checked before downloading)."""
+    """The volume lacks the free space the download needs (checked before downloading), or filled up during it."""
+
+
+def no_space(error: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind `error` (a source may wrap it), or None."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class CacheTimeoutError(CacheError):

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import inventory
 from .cache_settings import CacheSettings
 from .catalog import ModelSpec, Part
-from .errors import CacheError, InsufficientSpaceError, LeaseLostError, ModelKindError
+from .errors import CacheError, InsufficientSpaceError, LeaseLostError, ModelKindError, no_space
 from .files import HF_LOCAL_DIR_CACHE, MANIFEST_NAME, Listing, has_size, tree_size, verify_delivery
 from .inventory import ModelStatus
 from .lock import ModelLease, Progress, acquire_lease, human_bytes, thread_gate
@@ -327,8 +327,8 @@ class ModelCache:
         free = shutil.disk_usage(claim).free
         if needed + _SPACE_RESERVE > free:
             raise InsufficientSpaceError(
-                f"{spec.name} needs {human_bytes(needed)} more on {self.models_dir} but only {human_bytes(free)} is "
-                "free: grow the network volume or delete unused models (python -m cache status lists them)"
+                f"{spec.name} needs {human_bytes(needed)} more on {self.models_dir} and {human_bytes(_SPACE_RESERVE)} "
+                f"kept free as a reserve; {human_bytes(free)} is free: grow the network volume or delete unused models"
             )
 
     def _publish(self, spec: ModelSpec, claim: Path, target: Path) -> None:
@@ -374,12 +374,19 @@ class ModelCache:
 
 
 def _labelled(spec: ModelSpec, part: Part, call):
-    """Run a source call; a cache error gets the model and part it concerns prepended."""
+    """Run a source call; a cache error (a full volume too) gets the model and part it concerns prepended."""
     try:
         return call()
     except LeaseLostError:
         raise
-    except CacheError as err:
+    except (CacheError, OSError) as err:
+        if no_space(err) is not None:
+            raise InsufficientSpaceError(
+                f"{spec.name}, part {part.describe()}: the volume filled up while fetching it (no space left): grow "
+                "the network volume or delete unused models (python -m cache status lists them)"
+            ) from err
+        if not isinstance(err, CacheError):
+            raise
         if part.kind == "ref":  # a reference's own errors name it already (and no folder of the server)
             raise
         raise type(err)(f"{spec.name}, part {part.describe()}: {err}") from err

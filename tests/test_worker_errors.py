@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import pytest
 
+from cache import ModelCache, ModelSpec, Part, register_builtin
 from worker import pipelines, schemas
 from worker.config import Settings
 from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput
@@ -16,7 +17,9 @@ from worker.worker import Worker
 
 class ProbeJob(schemas.StrictInput):
     type: Literal["probe"] = "probe"
-    failure: Literal["none", "oom", "crash", "refuse", "disk_full", "disk_full_elsewhere"] = "none"
+    failure: Literal["none", "oom", "crash", "refuse", "disk_full", "disk_full_elsewhere", "cache_full"] = (
+        "none"
+    )
 
 
 class ProbePipeline:
@@ -44,6 +47,10 @@ class ProbePipeline:
             ctx.folder.write_with("nested/out.bin", lambda temp: Path("/dev/full").write_bytes(b"x"), "blob")
         if job.failure == "disk_full_elsewhere":
             Path("/dev/full").write_bytes(b"x")
+        if job.failure == "cache_full":  # a model fetch the full volume cuts off
+            register_builtin("probe-full", lambda dest: Path("/dev/full").write_bytes(b"x"))
+            spec = ModelSpec("probe-full", parts=(Part(kind="builtin", generator="probe-full"),))
+            ModelCache(ctx.folder.root.parent / "probe-models", lease_s=3).ensure(spec, timeout=10)
         return PipelineOutput(outputs=[written])
 
 
@@ -76,7 +83,7 @@ def test_a_crash_is_an_error_string_and_the_worker_keeps_serving(probe_worker: W
     assert "error" not in probe(probe_worker, "after-crash", "none")
 
 
-@pytest.mark.parametrize("failure", ["refuse", "disk_full", "disk_full_elsewhere"])
+@pytest.mark.parametrize("failure", ["refuse", "disk_full", "disk_full_elsewhere", "cache_full"])
 def test_a_job_that_fails_inside_its_pipeline_leaves_no_folder(probe_worker: Worker, failure: str) -> None:
     result = probe(probe_worker, f"gone-{failure}", failure)
     assert "error" in result and not result["error"].startswith("internal error"), result
@@ -91,8 +98,11 @@ def test_a_full_volume_is_named_with_the_file_being_written(probe_worker: Worker
         "free space on the volume (or grow it) and run the job again"
     }
     elsewhere = probe(probe_worker, "full-2", "disk_full_elsewhere")["error"]
-    assert elsewhere.startswith("disk full: no space left on the volume while running job full-2")
+    assert elsewhere.startswith("disk full: no space left on the volume for running job full-2")
     assert "Errno" not in elsewhere and "/dev/full" not in elsewhere
+    models = probe(probe_worker, "full-3", "cache_full")["error"]
+    assert models.startswith("disk full: no space left on the volume for the models of job full-3")
+    assert str(probe_worker.volume.root) not in models
 
 
 def test_a_huge_job_id_is_answered_and_logged_in_part(

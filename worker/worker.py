@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import logging
 import threading
 import time
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cache.errors import InsufficientSpaceError, no_space
 from cache.volume import Volume, resolve_volume
 from worker import uploads
 from worker.config import Settings
@@ -208,11 +208,13 @@ class Worker:
                     "error": f"out of memory: {error}. Try a smaller size or batch.",
                     "refresh_worker": True,
                 }
-            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(error, InsufficientSpaceError) or no_space(error) is not None:
+                # the log names the model and the path; the answer names neither server path
                 log.error("job %s: the volume is full: %s", job_id, error)
+                what = "the models of" if isinstance(error, InsufficientSpaceError) else "running"
                 return {
-                    "error": f"disk full: no space left on the volume while running job {job_id}; free space "
-                    "on the volume (or grow it) and run the job again"
+                    "error": f"disk full: no space left on the volume for {what} job {job_id}; free space on the "
+                    "volume (or grow it) and run the job again"
                 }
             log.error("job %s: failed: %s", job_id, traceback.format_exc())
             return {"error": f"internal error: {type(error).__name__}: {error}"}
