@@ -1,8 +1,11 @@
 """LoRA training speed and peak memory of the worker's trainer (`worker.training`), per configuration.
 
-CPU, always: the tiny SDXL at 256² (`--tiny-resolution`), batch 1, rank 16, with cached latents and without (the VAE then encodes the
-batch every step). GPU, when CUDA is available: the SDXL-sized UNet (2.6 B parameters, random weights, fp16
-resident as in the worker) at 1024², batch 1, bf16 autocast, gradient checkpointing on and off.
+CPU, always: the tiny SDXL at 256² (`--tiny-resolution`), batch 1, rank 16, side by side: kohya's layer set
+(the job's default) against the attention projections only, with cached latents and without (the VAE then
+encodes the batch every step), and a bucketed run on portrait, landscape and square images of the same area
+(batches drawn per bucket, as a job does). GPU, when CUDA is available: the SDXL-sized UNet (2.6 B parameters,
+random weights, fp16 resident as in the worker) at 1024², batch 1, bf16 autocast, kohya's layers with gradient
+checkpointing on and off, and the attention layers with it on.
 
 Each configuration runs in a process of its own, so the peak memory it reports is its own: host peak RSS (and
 how far training took it above the loaded pipeline), and on the GPU torch's peak allocation during training.
@@ -115,19 +118,22 @@ def tiny_pipeline() -> Any:
     return load_sdxl(folder, "cpu")
 
 
-def random_examples(count: int, size: int) -> list[Any]:
+def random_examples(count: int, size: int, shapes: str = "square") -> list[Any]:
+    """`count` random photos of about `size`² pixels: all square, or ("mixed") 3:4, 4:3, 9:16 and square in turn."""
     import numpy as np
     from PIL import Image
 
     from worker.training.data import Example
 
+    ratios = [1.0] if shapes == "square" else [3 / 4, 4 / 3, 9 / 16, 1.0]
     rng = np.random.default_rng(0)
-    return [
-        Example.of(
-            f"{i}", Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)), f"ohwx, photo {i}"
-        )
-        for i in range(count)
-    ]
+    examples = []
+    for i in range(count):
+        ratio = ratios[i % len(ratios)]
+        width, height = round(size * ratio**0.5), round(size / ratio**0.5)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        examples.append(Example.of(f"{i}", Image.fromarray(pixels), f"ohwx, photo {i}"))
+    return examples
 
 
 def peak_rss_mb() -> float:
@@ -138,8 +144,9 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     """Load, cache, warm up, then time `steps` training steps of one configuration."""
     import torch
 
+    from worker.training.buckets import BucketSampler
     from worker.training.data import TrainingData
-    from worker.training.trainer import LoraTrainer, TrainSettings
+    from worker.training.trainer import LoraTrainer, TrainSettings, resolve_targets
 
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
@@ -150,7 +157,10 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize()
         loaded_gpu = torch.cuda.memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
+    unet_targets, text_targets = resolve_targets(config["targets"])
     settings = TrainSettings(
+        unet_targets=unet_targets,
+        text_targets=text_targets,
         rank=16,
         alpha=16.0,
         steps=config["warmup"] + config["steps"],
@@ -169,19 +179,21 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         data = TrainingData(
             pipe,
-            random_examples(4, size),
+            random_examples(4, size, config["shapes"]),
             size,
             cache_latents=config["cache_latents"],
             cache_text=True,
             seed=0,
         )
         cache_s = time.perf_counter() - started
+        lora_params = sum(param.numel() for param in trainer.params)
+        batches = iter(BucketSampler(data.buckets, 1, seed=0))
         timings = []
-        for step in range(settings.steps):
+        for _ in range(settings.steps):
             if gpu:
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            trainer.step(data.batch([step % len(data)], [False]))
+            trainer.step(data.batch(next(batches), [False]))
             if gpu:
                 torch.cuda.synchronize()
             timings.append(time.perf_counter() - started)
@@ -191,6 +203,8 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         **config,
         "device": torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "cache_s": round(cache_s, 3),
+        "lora_params": lora_params,
+        "buckets": sorted({f"{w}x{h}" for w, h in data.buckets}),
         "steps_per_s": round(len(timed) / sum(timed), 3),
         "s_per_step": round(sum(timed) / len(timed), 4),
         "peak_rss_mb": round(peak_rss_mb()),
@@ -214,27 +228,20 @@ def run_child(config: dict[str, Any]) -> dict[str, Any]:
 def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    base = {"steps": args.steps, "warmup": args.warmup, "threads": args.threads}
+    base = {"steps": args.steps, "warmup": args.warmup, "threads": args.threads, "shapes": "square"}
+    tiny = {**base, "model": "tiny", "resolution": args.tiny_resolution, "gradient_checkpointing": False}
     configs = [
-        {
-            **base,
-            "model": "tiny",
-            "resolution": args.tiny_resolution,
-            "cache_latents": cached,
-            "gradient_checkpointing": False,
-        }
-        for cached in (True, False)
+        {**tiny, "targets": "attention", "cache_latents": True},
+        {**tiny, "targets": "kohya", "cache_latents": True},
+        {**tiny, "targets": "kohya", "cache_latents": False},
+        {**tiny, "targets": "kohya", "cache_latents": True, "shapes": "mixed"},
     ]
     if torch.cuda.is_available() and not args.skip_gpu:
+        sdxl = {**base, "model": "sdxl", "resolution": 1024, "cache_latents": True}
         configs += [
-            {
-                **base,
-                "model": "sdxl",
-                "resolution": 1024,
-                "cache_latents": True,
-                "gradient_checkpointing": ckpt,
-            }
-            for ckpt in (True, False)
+            {**sdxl, "targets": "kohya", "gradient_checkpointing": True},
+            {**sdxl, "targets": "kohya", "gradient_checkpointing": False},
+            {**sdxl, "targets": "attention", "gradient_checkpointing": True},
         ]
     else:
         print("no CUDA device: the SDXL-sized GPU figures are skipped", file=sys.stderr)
@@ -253,10 +260,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(json.loads(args.one))))
         return
-    header = (
-        f"{'model':<6} {'res':>5} {'latents':<8} {'ckpt':<5} {'steps/s':>8} {'s/step':>8} {'cache s':>8} "
-    )
-    header += f"{'peak RSS MB':>12} {'train RSS MB':>13} {'peak GPU MB':>12}  device"
+    header = f"{'model':<6} {'res':>5} {'layers':<9} {'images':<7} {'latents':<8} {'ckpt':<5} {'LoRA M':>7} "
+    header += f"{'steps/s':>8} {'s/step':>8} {'cache s':>8} {'peak RSS MB':>12} {'train RSS MB':>13} "
+    header += f"{'peak GPU MB':>12}  device, buckets"
     print(header)
     for config in configurations(args):
         result = run_child(config)
@@ -264,10 +270,12 @@ def main() -> None:
             print(f"{config['model']:<6} {config['resolution']:>5} failed: {result['error']}")
             continue
         print(
-            f"{result['model']:<6} {result['resolution']:>5} {'cached' if result['cache_latents'] else 'per step':<8} "
-            f"{'on' if result['gradient_checkpointing'] else 'off':<5} {result['steps_per_s']:>8} "
-            f"{result['s_per_step']:>8} {result['cache_s']:>8} {result['peak_rss_mb']:>12} "
-            f"{result['training_rss_mb']:>13} {result.get('peak_gpu_mb', '-'):>12}  {result['device']}"
+            f"{result['model']:<6} {result['resolution']:>5} {result['targets']:<9} {result['shapes']:<7} "
+            f"{'cached' if result['cache_latents'] else 'per step':<8} "
+            f"{'on' if result['gradient_checkpointing'] else 'off':<5} {result['lora_params'] / 1e6:>7.2f} "
+            f"{result['steps_per_s']:>8} {result['s_per_step']:>8} {result['cache_s']:>8} "
+            f"{result['peak_rss_mb']:>12} {result['training_rss_mb']:>13} {result.get('peak_gpu_mb', '-'):>12}  "
+            f"{result['device']}, {' '.join(result['buckets'])}"
         )
 
 
