@@ -142,7 +142,9 @@ def test_static_decode_gives_the_eager_tokens(
             assert static.stopped_on_eos and static.frames.shape[1] < 25
 
 
-def test_generator_decodes_statically_by_default_with_the_eager_song(tiny_root: Path) -> None:
+def test_generator_decodes_statically_by_default_with_the_eager_song(
+    tiny_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     default = MusicGenerator.from_pretrained(tiny_root)
     eager = MusicGenerator(default.lm, default.codec, default.prompts, default.gen, decode="eager")
     assert default.decode == "static"
@@ -150,6 +152,14 @@ def test_generator_decodes_statically_by_default_with_the_eager_song(tiny_root: 
     a, b = default.generate(**args), eager.generate(**args)
     assert a.frames == b.frames == 11
     assert np.array_equal(a.waveform, b.waveform)
+    # A capture that fails (here: a model on the CPU has no CUDA graph) falls back to eager, same song.
+    fallback = MusicGenerator(default.lm, default.codec, default.prompts, default.gen)
+    fallback.decode = "graph"
+    with caplog.at_level("WARNING", logger="worker.music.generator"):
+        c = fallback.generate(**args)
+    assert fallback.decode == "eager"
+    assert "CUDA graph decode failed" in caplog.text
+    assert np.array_equal(c.waveform, b.waveform)
     with pytest.raises(ValueError, match="CUDA"):
         MusicGenerator(default.lm, default.codec, default.prompts, default.gen, decode="graph")
     with pytest.raises(ValueError, match="decode must be one of"):

@@ -167,6 +167,8 @@ def generate_static(
         empty_id=empty_id,
     )
     replay = loop.step
+    if cuda_graph and model.device.type != "cuda":
+        raise GraphCaptureError(f"CUDA graphs need a CUDA device, not {model.device}")
     if cuda_graph and n_steps > 0:
         replay = loop.capture(generator).replay
     loop.start()
