@@ -299,7 +299,7 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
         ),
     },
     # XL turbo: the 4B DiT sounds better than the 2B one, and turbo's 8 guidance-free steps run one DiT pass per
-    # step (base/sft: CFG, 27-60 steps); about 13 GB resident in bf16, so it sits beside HeartMuLa on a 48 GB card.
+    # step (base/sft: CFG, 27-60 steps); about 12 GB resident in bf16, so it sits beside HeartMuLa on a 48 GB card.
     # Its diffusers repo lacks the audio tokenizer/detokenizer that `cover` needs: those come from the XL sft repo
     # (same encoder width and latent space) into cover/.
     "ace-step": {
