@@ -126,7 +126,8 @@ class StaticFrameLoop:
             # A generator other than the device's default must be registered, or capture refuses it.
             graph.register_generator_state(generator)
         self._rewind()
-        with torch.cuda.graph(graph):
+        # thread_local: CUDA work of the worker's other threads (none expected) cannot spoil the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.step()
         if generator is not None and saved is not None:
             generator.set_state(saved)
