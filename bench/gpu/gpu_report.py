@@ -166,7 +166,7 @@ def plan(smoke: bool, work: Path, python: str) -> list[Step]:
     train += (
         ["--steps", "1", "--warmup", "0", "--tiny-resolution", "64", "--skip-gpu"]
         if smoke
-        else ["--steps", "5"]
+        else ["--steps", "4", "--warmup", "1"]
     )
     tests = sorted(str(p) for p in (ROOT / "tests").glob("test_cuda_*.py"))
     pytest = [python, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-m", "cuda", *tests]
@@ -277,13 +277,16 @@ def main() -> int:
         type=float,
         help=f"all steps together (default {GPU_BUDGET_S:g} s on the GPU, {SMOKE_BUDGET_S:g} s in the smoke)",
     )
-    parser.add_argument("--work", type=Path, help="where the models are built (default: a temp folder)")
+    parser.add_argument(
+        "--work", type=Path, help="where the models are built and kept for a rerun (default: under $TMPDIR)"
+    )
     parser.add_argument("--only", action="append", help="run only the steps whose name contains this")
     args = parser.parse_args()
     out = os.environ.get("OUT")
     report = Path(out) / "gpu_report.json" if out else ROOT / "bench" / "gpu" / "last_report.json"
     report.parent.mkdir(parents=True, exist_ok=True)
-    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    # a fixed place, so a second call on the still-warm machine (`--only compiled`) finds the models built
+    work = args.work or Path(tempfile.gettempdir()) / "gpu-bench" / ("tiny" if args.cpu_smoke else "real")
     steps = plan(args.cpu_smoke, work, sys.executable)
     if args.only:
         steps = [step for step in steps if any(part in step.name for part in args.only)]
