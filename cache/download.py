@@ -21,11 +21,13 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SourceError, VerificationError
+from .files import Listing, RemoteFile, has_size
 from .remote import Remote, safe_url
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ _BLOCK_MIN = 64 * 1024
 _BLOCK_MAX = 8 * 1024 * 1024
 _ENTRY = struct.Struct("<BI")  # written mark, CRC-32
 _ATTEMPTS = 3  # reconnections after a dropped connection, each resuming where the last one stopped
+_PARALLEL = 4  # files of one model fetched at once (one connection rarely fills a data center's link)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,88 @@ class Fetched:
     sha256: str
     fetched_bytes: int  # bytes this holder received from the source
     resumed_from: int  # bytes kept from an earlier holder
+
+
+def fetch_listed(
+    remote: Remote,
+    dest: Path,
+    listing: Listing,
+    urls: dict[str, str],
+    *,
+    what: str,
+    check: Callable[[], None],
+    advance: Callable[[int], None],
+    token_for: str = "",
+    exact_size: bool = True,
+) -> dict[str, RemoteFile]:
+    """Download every listed file into `dest` (several at once), keeping those an earlier holder finished; each
+    file's size and hash as delivered. Small files are checked against their git blob id."""
+    files = dict(listing.files)
+    todo = []
+    for rel, info in listing.files.items():
+        target = dest / rel
+        if has_size(target, info.size) or (not exact_size and target.is_file()):
+            # finished (and verified before it got its name) by an earlier holder
+            files[rel] = RemoteFile(target.stat().st_size, info.sha256, info.git_oid)
+        else:
+            todo.append(rel)
+    failed = threading.Event()
+
+    def stop_on_failure() -> None:
+        if failed.is_set():
+            raise SourceError(f"{what}: stopped, another file failed")
+        check()
+
+    def one(rel: str) -> RemoteFile:
+        info = listing.files[rel]
+        fetched = download(
+            remote,
+            urls[rel],
+            dest / rel,
+            what=f"{what} ({rel})",
+            size=info.size,
+            sha256=info.sha256,
+            exact_size=exact_size,
+            token_for=token_for,
+            check=stop_on_failure,
+            advance=advance,
+        )
+        if fetched.resumed_from:
+            log.info(
+                "%s: %s: %d bytes kept from an earlier holder, %d fetched",
+                what,
+                rel,
+                fetched.resumed_from,
+                fetched.fetched_bytes,
+            )
+        if info.git_oid and not info.sha256 and _git_oid(dest / rel) != info.git_oid:
+            (dest / rel).unlink()
+            raise VerificationError(
+                f"{what}: {rel} differs from its git blob {info.git_oid}; it was not published"
+            )
+        return RemoteFile(fetched.size, fetched.sha256, info.git_oid)
+
+    if not todo:
+        return files
+    with ThreadPoolExecutor(min(_PARALLEL, len(todo)), thread_name_prefix="download") as pool:
+        futures = {pool.submit(one, rel): rel for rel in todo}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        if any(f.exception() for f in done):
+            failed.set()
+        wait(futures)
+    errors = [f.exception() for f in futures if f.exception()]
+    # the first real failure, not the "stopped" of the files that were cut short because of it
+    real = [e for e in errors if "another file failed" not in str(e)]
+    if errors:
+        raise (real or errors)[0]
+    for future, rel in futures.items():
+        files[rel] = future.result()
+    return files
+
+
+def _git_oid(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
 
 
 def block_size(size: int) -> int:

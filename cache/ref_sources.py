@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 from .catalog import Part
-from .download import discard_partial, download, file_sha256
-from .errors import LayoutError, ModelNotFoundError, SourceError, VerificationError
-from .files import Listing, RemoteFile, has_size
+from .download import discard_partial, fetch_listed, file_sha256
+from .errors import LayoutError, ModelNotFoundError, SourceError
+from .files import Listing, RemoteFile
 from .refs import ModelRef, parse_ref
 from .remote import Remote, safe_url
 from .safetensors_header import HeaderError, classify, read_header
@@ -67,38 +67,17 @@ class RefSource:
 
     def fetch(self, dest: Path, listing: Listing | None, progress: Progress) -> Listing:
         assert listing is not None, "a reference is always listed first"
-        files = dict(listing.files)
-        token_for = "CIVITAI_TOKEN" if self.ref.kind == "civitai" else "HF_TOKEN"
-        for rel, info in listing.files.items():
-            target = dest / rel
-            if has_size(target, info.size) or (not self._exact and target.is_file()):
-                # finished (and verified) by an earlier holder
-                files[rel] = RemoteFile(target.stat().st_size, info.sha256, info.git_oid)
-                continue
-            fetched = download(
-                self.remote,
-                self._urls[rel],
-                target,
-                what=f"{self.ref.text} ({rel})",
-                size=info.size,
-                sha256=info.sha256,
-                exact_size=self._exact,
-                token_for=token_for,
-                check=progress.check,
-                advance=progress.advance,
-            )
-            if fetched.resumed_from:
-                log.info(
-                    "%s: %s: %d bytes kept from an earlier holder, %d fetched",
-                    self.ref.text,
-                    rel,
-                    fetched.resumed_from,
-                    fetched.fetched_bytes,
-                )
-            if info.git_oid and not info.sha256 and _git_oid(target) != info.git_oid:
-                target.unlink()
-                raise VerificationError(f"{self.ref.text}: {rel} differs from the git blob {info.git_oid}")
-            files[rel] = RemoteFile(fetched.size, fetched.sha256, info.git_oid)
+        files = fetch_listed(
+            self.remote,
+            dest,
+            listing,
+            self._urls,
+            what=self.ref.text,
+            check=progress.check,
+            advance=progress.advance,
+            token_for="CIVITAI_TOKEN" if self.ref.kind == "civitai" else "HF_TOKEN",
+            exact_size=self._exact,
+        )
         meta = dict(listing.meta)
         if self.ref.single_file:
             (rel,) = files
@@ -295,13 +274,6 @@ def _resolve_url(remote: Remote, ref: ModelRef) -> tuple[str, dict]:
 def _file_name(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model.safetensors"
     return cleaned if cleaned.endswith(".safetensors") else f"{cleaned}.safetensors"
-
-
-def _git_oid(path: Path) -> str:
-    import hashlib
-
-    data = path.read_bytes()
-    return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
 
 
 def _write_json(path: Path, data: dict) -> None:

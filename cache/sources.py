@@ -16,11 +16,14 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote
 
 from .catalog import Part
+from .download import fetch_listed
 from .errors import ModelNotFoundError, SourceError, hub_errors
 from .files import HF_LOCAL_DIR_CACHE, Listing, RemoteFile, has_size, scan_files
 from .ref_sources import RefContext, RefSource
+from .remote import Remote
 
 if TYPE_CHECKING:
     from .lock import Progress
@@ -73,7 +76,7 @@ def open_source(part: Part, runpod_hf_cache_dir: Path | None, refs: RefContext |
 
 
 class HubSource:
-    """A repo on the Hub (or the mirror in HF_ENDPOINT), fetched with `snapshot_download` into real files."""
+    """A repo on the Hub (or the mirror in HF_ENDPOINT): listed with its API, fetched with `download.py`."""
 
     def __init__(self, part: Part) -> None:
         self.part = part
@@ -106,22 +109,35 @@ class HubSource:
         )
 
     def fetch(self, dest: Path, listing: Listing | None, progress: Progress) -> Listing:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, get_token
 
         assert listing is not None, "a hub part is always listed first"
-        # With the commit's listing already on disk, snapshot_download makes no API call and downloads exactly the
-        # files that were listed (and checked for free space): the listing holds only the files the patterns select.
-        _write_tree_cache(dest, listing)
-        with hub_errors(self.part.ref, self.part.revision):
-            snapshot_download(
-                self.part.ref,
-                revision=listing.revision,
-                local_dir=dest,
-                allow_patterns=_as_list(self.part.allow_patterns),
-                ignore_patterns=_as_list(self.part.ignore_patterns),
-                tqdm_class=_progress_bar_class(progress),
-            )
-        return listing
+        # The same downloader as model references: resumable from an earlier holder's partial file, each file's
+        # sha256 (or git blob id) checked as it arrives. The endpoint is the operator's (HF_ENDPOINT), so a
+        # mirror on a private network is fine; the token goes to that host only.
+        endpoint = constants.ENDPOINT.rstrip("/")
+        remote = Remote.build(
+            hf_endpoint=endpoint,
+            hf_token=get_token(),
+            civitai_api_url="",
+            civitai_token=None,
+            allow_private=True,
+        )
+        urls = {
+            rel: f"{endpoint}/{self.part.ref}/resolve/{listing.revision}/{quote(rel)}"
+            for rel in listing.files
+        }
+        files = fetch_listed(
+            remote,
+            dest,
+            listing,
+            urls,
+            what=f"{self.part.ref}@{listing.revision[:12]}",
+            check=progress.check,
+            advance=progress.advance,
+            token_for="HF_TOKEN",
+        )
+        return Listing(listing.revision, files, listing.origin, listing.meta)
 
 
 class LocalSource:
@@ -266,42 +282,6 @@ def _import_generator(target: str) -> Generator:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise SourceError(f"builtin generator {target} cannot be loaded: {err}") from err
-
-
-def _progress_bar_class(progress: Progress) -> type:
-    from huggingface_hub.utils import tqdm as hf_tqdm
-
-    class ProgressBar(hf_tqdm):
-        """huggingface_hub's bar, which also reports to `progress` and raises when the lease is lost."""
-
-        def __init__(self, *args, **kwargs) -> None:
-            # snapshot_download aggregates every file's written bytes into the bar it names like this.
-            self._counts_bytes = kwargs.get("name") == "huggingface_hub.snapshot_download"
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            progress.check()
-            if self._counts_bytes and n:
-                progress.advance(int(n))
-            return super().update(n)
-
-    return ProgressBar
-
-
-def _write_tree_cache(local_dir: Path, listing: Listing) -> None:
-    # The format huggingface_hub documents in _tree_cache.py; were it to change, it would ignore this file and
-    # list the tree itself (one extra API call), so nothing breaks.
-    files = {}
-    for path, info in listing.files.items():
-        entry: dict = {"size": info.size, "blob_id": info.git_oid or ""}
-        if info.sha256:
-            entry.update(lfs_sha256=info.sha256, lfs_size=info.size)
-        files[path] = entry
-    folder = local_dir / HF_LOCAL_DIR_CACHE / "huggingface" / "trees"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{listing.revision}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"format_version": 1, "files": files}))
-    os.replace(tmp, folder / f"{listing.revision}.json")
 
 
 def _read_tree_cache(repo_dir: Path, commit: str) -> dict[str, RemoteFile] | None:

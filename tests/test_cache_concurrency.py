@@ -65,10 +65,7 @@ def test_a_killed_downloader_is_taken_over(hub: FakeHub, tmp_path: Path) -> None
     first = spawn_cli("ensure", repo.repo_id, env=env, log=tmp_path / "first.log")
     staging = tmp_path / "volume" / "models" / ".staging"
     wait_until(
-        lambda: (
-            any(staging.glob("*/*/.cache/huggingface/download/config.json.metadata"))
-            and hub.stats.file_bytes > 150_000
-        ),
+        lambda: any(staging.glob("*/*/config.json")) and hub.stats.file_bytes > 150_000,
         30,
         "the first worker to have finished a small file and be in the middle of the shards",
     )
@@ -81,9 +78,13 @@ def test_a_killed_downloader_is_taken_over(hub: FakeHub, tmp_path: Path) -> None
     assert second.returncode == 0, second.stderr
     published = Path(second.stdout.strip())
     assert file_digests(published) == repo_digests(repo)
-    # The small files the killed worker had finished were kept (the staging folder was adopted), not fetched again.
-    assert "resuming with" in second.stderr
+    # The files the killed worker had finished were kept (the staging folder was adopted), not fetched again, and
+    # its partial shards were continued from their verified bytes.
+    assert "resuming with" in second.stderr and "resuming with a Range request" in second.stderr
     assert hub.stats.bytes_by_path[f"{repo.repo_id}/config.json"] == len(repo.files["config.json"])
+    # (on 400 kB shards, the bytes in flight to the killed process and its last unfinished 64 kB blocks weigh more
+    # than on a real model: the benchmark measures ~1.00 on 64 MB and up)
+    assert hub.stats.file_bytes <= 1.3 * _model_size(repo.files)
     assert staging_leftovers(published.parent) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -174,11 +175,16 @@ def test_corrupted_transfer_is_caught_by_sha256_and_not_published(hub: FakeHub, 
     files = sharded_files()
     shard = "model-00002-of-00003.safetensors"
     repo = hub.add(make_repo(files=files, served={shard: random_bytes(99, len(files[shard]))}))
-    env = cli_env(tmp_path / "volume", hub, CACHE_VERIFY_SHA256="true")
+    # downloads are hash-checked as they arrive, with or without CACHE_VERIFY_SHA256
+    env = cli_env(tmp_path / "volume", hub)
     result = run_cli("ensure", repo.repo_id, env=env)
 
     assert result.returncode == 1
-    assert f"{shard} (sha256 mismatch)" in result.stderr
+    served = hashlib.sha256(random_bytes(99, len(files[shard]))).hexdigest()
+    expected = hashlib.sha256(files[shard]).hexdigest()
+    assert (
+        f"{shard} has sha256 {served} but the source lists {expected}; it was not published" in result.stderr
+    )
     assert not (tmp_path / "volume" / "models" / "org--model").exists()
     # The corrupt file was dropped from staging: a retry fetches it again, and only it.
     repo.served.clear()
