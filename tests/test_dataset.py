@@ -121,3 +121,37 @@ def test_bad_reference_images_are_field_errors(lab: Lab, fields: dict, message: 
 def test_schema_errors_name_the_field(fields: dict, field: str) -> None:
     with pytest.raises(JobInputError, match=rf"^{field}: "):
         parse_job({**DATASET, **fields})
+
+
+@pytest.mark.parametrize("model", ["z-image-turbo", "flux2-klein-4b"])
+def test_a_dataset_drawn_with_another_family_keeps_the_layout(session_volume: Path, model: str) -> None:
+    from worker.config import Settings
+    from worker.worker import Worker
+
+    settings = Settings(
+        volume_root=session_volume, model_profile="tiny", worker_jobs=("dataset",), image_models=(model,)
+    )
+    worker = Worker(settings).start()
+    job = {**DATASET, "model": model, "width": 80, "seed": 4, "trigger_word": "zxq"}
+    result = worker.handle_sync({"id": f"ds-{model}", "input": job})
+    assert "error" not in result, result
+    assert result["model"] == model
+    folder = Path(result["dataset_dir"])
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "0001.png",
+        "0001.txt",
+        "0002.png",
+        "0002.txt",
+        "dataset.json",
+    ]
+    for number in (1, 2):
+        caption = (folder / f"{number:04d}.txt").read_text()
+        assert caption == f"zxq, {shot_prompt(DEFAULT_SHOTS[number - 1], 'a small green robot')}"
+        with Image.open(folder / f"{number:04d}.png") as image:
+            assert image.size == (80, 64)
+    index = json.loads((folder / "dataset.json").read_text())
+    assert index["model"] == model and [entry["seed"] for entry in index["images"]] == [4, 5]
+    refused = worker.handle_sync({"id": "ds-ref", "input": {**job, "reference_image": "x.png"}})
+    assert refused == {
+        "error": f"reference_image: the IP-Adapter is SDXL's; {model} jobs take no reference image"
+    }

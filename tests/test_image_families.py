@@ -131,6 +131,26 @@ def test_a_checkpoint_name_of_another_family_selects_it(image_worker: Worker) ->
     assert by_model["outputs"][0]["sha256"] == result["outputs"][0]["sha256"]
 
 
+def test_morpheus_creation_with_another_familys_checkpoint_name(image_worker: Worker) -> None:
+    params = {
+        "prompt": "a lighthouse",
+        "checkpoint_name": "flux-2-klein-4b.safetensors",
+        "width": 80,
+        "height": 64,
+    }
+    result = image_worker.handle_sync(
+        {"id": "morpheus-flux", "input": {"workflow_name": "creation", **params}}
+    )
+    assert result["model"] == "flux2-klein-4b" and result["image_pod_path"], result
+    sdxl = image_worker.handle_sync(
+        {
+            "id": "morpheus-sdxl",
+            "input": {"workflow_name": "creation", "prompt": "x", "width": 64, "height": 64, "steps": 1},
+        }
+    )
+    assert sdxl["model"] == "sdxl-base", sdxl
+
+
 def test_image_models_setting() -> None:
     assert Settings.from_env({}).image_models == ("sdxl-base",)
     assert Settings.from_env({"IMAGE_MODELS": " flux2-klein-4b, sdxl-base "}).image_models == (
