@@ -161,7 +161,7 @@ def bench(folders: dict[str, Path], size: int, device: str, label: str) -> list[
             for p in m.parameters()
         )
         row: dict[str, Any] = {"family": name, "models": label, "device": device, "size": size}
-        row |= {"params_b": round(params / 1e9, 3), "load_s": round(load_s, 3)}
+        row |= {"params_m": round(params / 1e6, 1), "load_s": round(load_s, 3)}
         if device.startswith("cuda"):
             row["resident_vram_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)
         draw(pipe, name, size, device)  # warm-up: kernels, allocator, caches
