@@ -178,7 +178,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "models",
         "device",
         "size",
-        "params_b",
+        "params_m",
         "load_s",
         "steps",
         "steps_per_s",
