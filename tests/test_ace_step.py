@@ -233,3 +233,13 @@ def test_the_other_engine_loads_on_its_first_job_and_both_stay(ace_worker: Worke
     assert heartmula["model"] == "heartmula" and heartmula["sample_rate"] == 48000
     assert set(music.engines) == {"ace-step", "heartmula"}
     song(ace_worker, "ace-after-heartmula", seed=2)
+
+
+def test_music_models_setting() -> None:
+    from worker.config import ConfigError
+
+    assert Settings.from_env({}).music_models == ("heartmula",)
+    assert Settings.from_env({"MUSIC_MODELS": "ace-step"}).music_models == ("ace-step",)
+    assert Settings.from_env({"MUSIC_MODELS": "all"}).music_models == ("heartmula", "ace-step")
+    with pytest.raises(ConfigError, match="MUSIC_MODELS: unknown music model"):
+        Settings.from_env({"MUSIC_MODELS": "heartmula,acestep"})
