@@ -6,6 +6,7 @@ Every file is read back with soundfile (it reads WAV, FLAC and MP3), never with 
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
 import os
@@ -243,3 +244,32 @@ def test_music_models_setting() -> None:
     assert Settings.from_env({"MUSIC_MODELS": "all"}).music_models == ("heartmula", "ace-step")
     with pytest.raises(ConfigError, match="MUSIC_MODELS: unknown music model"):
         Settings.from_env({"MUSIC_MODELS": "heartmula,acestep"})
+
+
+def test_cover_of_a_reference_fetched_over_http(session_volume: Path) -> None:
+    """A URL reference through worker.inputs' fetch (here on loopback, which ALLOW_PRIVATE_URLS permits)."""
+    reference = wav_bytes(0.6, 22050, channels=2)
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(reference)))
+            self.end_headers()
+            self.wfile.write(reference)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings(volume_root=session_volume, model_profile="tiny", worker_jobs=("music",),
+                            music_models=("ace-step",), allow_private_urls=True)  # fmt: skip
+        worker = Worker(settings).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/song.wav"
+        result = song(worker, "ace-cover-url", task="cover", reference_audio=url, duration_s=None, seed=4)
+    finally:
+        server.shutdown()
+    assert result["duration_s"] == pytest.approx(0.6, abs=0.05)
+    assert decoded(result["outputs"][0])[1] == result["sample_rate"]
