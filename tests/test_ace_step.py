@@ -83,7 +83,7 @@ def test_handler_test_input_writes_the_song(session_volume: Path, tmp_path: Path
     assert audio.shape == (10 * rate // LATENT_HZ, 2) and result["channels"] == 2
     assert result["duration_s"] == pytest.approx(0.4, abs=1e-3)
     assert 0.0 < np.abs(audio).max() <= 1.0
-    assert {"diffusion_s", "rtf"} <= set(result["metrics"])
+    assert {"generate_s", "rtf"} <= set(result["metrics"])
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])

@@ -184,9 +184,9 @@ class MusicPipeline:
         return PipelineOutput(
             outputs=outputs,
             metrics={
-                "diffusion_s": round(songs.diffusion_s, 3),
+                "generate_s": round(songs.generate_s, 3),
                 # compute time per second of audio made, over the whole batch
-                "rtf": round(songs.diffusion_s / (song_s * job.batch), 4) if song_s else 0.0,
+                "rtf": round(songs.generate_s / (song_s * job.batch), 4) if song_s else 0.0,
             },
             fields={
                 "model": job.model,

@@ -27,7 +27,7 @@ class Songs:
 
     waveforms: np.ndarray
     sample_rate: int
-    diffusion_s: float
+    generate_s: float  # the whole pipeline call: text encoding, diffusion, VAE decode
 
 
 class AceStepEngine:

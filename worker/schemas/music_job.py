@@ -50,7 +50,9 @@ class MusicJob(StrictInput):
     """Lyrics and style tags to a song with HeartMuLa or ACE-Step 1.5."""
 
     type: Literal["music"] = "music"
-    model: Literal[MUSIC_MODELS] = "heartmula"  # type: ignore[valid-type]
+    model: Literal[MUSIC_MODELS] = Field(  # type: ignore[valid-type]
+        default="heartmula", description="The engine: heartmula or ace-step (ACE-Step 1.5)."
+    )
     lyrics: str = Field(min_length=1, max_length=8000, description="Section markers like [Verse] are kept.")
     tags: str | list[str] = Field(description="Comma-separated string or a list, e.g. 'piano,happy'.")
     duration_s: float | None = Field(
