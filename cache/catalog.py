@@ -146,6 +146,9 @@ _IP_ADAPTER_FILES = (
     "sdxl_models/image_encoder/model.safetensors",
 )
 
+_ACE_STEP_PIPELINE = tuple(
+    f"{folder}/*" for folder in ("transformer", "condition_encoder", "text_encoder", "tokenizer", "vae", "scheduler")
+) + ("model_index.json",)
 # AceStepPipeline's folders, and the cover codec beside them (see "ace-step" below)
 _ACE_STEP_FILES = (
     "model_index.json",
@@ -309,7 +312,8 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
                 Part(
                     kind="hub",
                     repo_id="ACE-Step/acestep-v15-xl-turbo-diffusers",
-                    ignore_patterns=("audio_tokenizer/*", "audio_token_detokenizer/*"),
+                    # the pipeline's folders only: nothing else of the repo is loaded
+                    allow_patterns=_ACE_STEP_PIPELINE,
                 ),
                 Part(
                     kind="hub",
