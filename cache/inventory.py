@@ -104,7 +104,13 @@ def prune(cache: ModelCache, max_bytes: int) -> list[str]:
     """Evict least recently used on-demand models (never one in use or kept) until they fit in `max_bytes`."""
     try:
         return cache.usage.make_room(
-            0, max_bytes, what="prune", exclude="", protected=cache.protected, deadline=time.monotonic() + 60
+            0,
+            max_bytes,
+            what="prune",
+            exclude="",
+            protected=cache.protected,
+            deadline=time.monotonic() + 60,
+            all_or_nothing=False,
         )
     except BudgetError as err:
         raise CacheError(f"could not prune to {human_bytes(max_bytes)}: {err}") from None

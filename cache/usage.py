@@ -167,9 +167,20 @@ class Usage:
         return True
 
     def make_room(
-        self, needed: int, budget: int, *, what: str, exclude: str, protected: Iterable[str], deadline: float
+        self,
+        needed: int,
+        budget: int,
+        *,
+        what: str,
+        exclude: str,
+        protected: Iterable[str],
+        deadline: float,
+        all_or_nothing: bool = True,
     ) -> list[str]:
-        """Evict least recently used on-demand models until `needed` more bytes fit in `budget`; their names."""
+        """Evict least recently used on-demand models until `needed` more bytes fit in `budget`; their names.
+
+        With `all_or_nothing` (a fetch), nothing is evicted unless that makes the room; without (a prune), what
+        may be evicted is, and BudgetError still says what stays over the budget."""
         if needed > budget:
             raise BudgetError(
                 f"{what} needs {human_bytes(needed)}, more than CACHE_MAX_GB={budget / 1e9:g} allows: raise CACHE_MAX_GB"
@@ -183,8 +194,8 @@ class Usage:
             reasons = {m.name: self._protection(m.name, protected) for m in models}
             evictable = sum(m.size for m in models if reasons[m.name] is None)
             evicted, blocked = [], [f"{m.ref} ({reasons[m.name]})" for m in models if reasons[m.name]]
-            # nothing is evicted unless evicting is enough
-            for model in models if used - evictable + needed <= budget else ():
+            enough = used - evictable + needed <= budget
+            for model in models if enough or not all_or_nothing else ():
                 if used + needed <= budget:
                     break
                 if reasons[model.name] is None and self.remove(model.name):

@@ -25,6 +25,7 @@ from cache import (
     SourceError,
     VerificationError,
     catalog,
+    inventory,
     parse_ref,
     source_problem,
 )
@@ -338,3 +339,7 @@ def test_prefetched_models_are_never_evicted_and_the_budget_is_named(hub: FakeHu
         BudgetError, match=r"CACHE_MAX_GB=0.0015 holds .*hf:org/a/model.safetensors \(prefetched"
     ):
         other.fetch(refs["b"], timeout=30)
+    # prune to 1.1 MB: the kept model stays and the other goes
+    assert inventory.prune(other, 1_100_000) == [refs["c"].folder_name]
+    entries = {e.name: e for e in inventory.entries(other)}
+    assert entries[refs["a"].folder_name].pinned and entries[refs["a"].folder_name].source == refs["a"].text

@@ -14,6 +14,7 @@ from civitai_server import FakeCivitai, FakeVersion
 from hub_server import FakeHub, FakeRepo
 from safetensors.torch import save
 
+from cache import parse_ref
 from cache.cache_settings import CacheSettings
 from tests.single_file import write_single_file
 from worker.config import Settings
@@ -53,7 +54,10 @@ def servers(tiny_sdxl_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def worker(session_volume: Path, servers: tuple[FakeHub, FakeCivitai]) -> Worker:
     hub, civitai = servers
     cache = CacheSettings(
-        hf_endpoint=hub.endpoint, civitai_api_url=civitai.api_url, civitai_token=civitai.token
+        hf_endpoint=hub.endpoint,
+        civitai_api_url=civitai.api_url,
+        civitai_token=civitai.token,
+        prefetch_models=(CHECKPOINT,),
     )
     settings = Settings(
         volume_root=session_volume,
@@ -73,10 +77,14 @@ def test_reference_checkpoint_and_lora_are_fetched_once(
     worker: Worker, servers: tuple[FakeHub, FakeCivitai]
 ) -> None:
     hub, civitai = servers
+    # PREFETCH_MODELS: the checkpoint was fetched at start, and is kept from eviction
+    assert hub.stats.bytes_by_path["org/tiny-sdxl/tiny_sdxl.safetensors"] > 0
+    assert (worker.volume.models_dir / ".keep" / parse_ref(CHECKPOINT).folder_name).is_file()
+    fetched_at_start = hub.stats.file_bytes
     base = run(worker, "ref-base")
     first = run(worker, "ref-1", checkpoint=CHECKPOINT, loras=[{"path": "civitai:9", "scale": 1.0}])
     assert "error" not in first, first
-    assert hub.stats.file_bytes > 0 and civitai.stats.file_bytes > 0
+    assert hub.stats.file_bytes == fetched_at_start and civitai.stats.file_bytes > 0
     hub.reset_stats()
     civitai.reset_stats()
 
