@@ -347,6 +347,10 @@ def test_bad_images_and_datasets_are_field_errors(chain: Chain, lab: Lab) -> Non
     (lab.root / "datasets" / "damaged").mkdir()
     (lab.root / "datasets" / "damaged" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (lab.root / "datasets" / "damaged" / "0001.txt").write_text("a caption")
+    # a finished dataset job whose dataset/ folder was deleted since
+    (lab.store.root / "gone-dataset").mkdir(parents=True)
+    gone = {"job_id": "gone-dataset", "type": "dataset", "outputs": [], "metrics": {}}
+    (lab.store.root / "gone-dataset" / "result.json").write_text(json.dumps(gone))
     good = {"image": png_base64(), "caption": "fine"}
     cases = [
         (
@@ -358,7 +362,7 @@ def test_bad_images_and_datasets_are_field_errors(chain: Chain, lab: Lab) -> Non
             "images.1.image: 8000x8000 is over",
         ),
         ({"images": [good] * 5}, "images: at most 4 inline images (MAX_INLINE_IMAGES)"),
-        ({"dataset_path": "../../etc"}, "dataset_path: outside the volume"),
+        ({"dataset_path": "../../etc"}, "dataset_path: '../../etc' is outside the volume"),
         ({"dataset_path": "datasets/empty"}, "dataset_path: no images"),
         (
             {"dataset_path": "datasets/uncaptioned", "auto_caption": False},
@@ -366,6 +370,10 @@ def test_bad_images_and_datasets_are_field_errors(chain: Chain, lab: Lab) -> Non
         ),
         ({"dataset_path": "datasets/damaged"}, "dataset_path[0001.png]: not a readable PNG"),
         ({"dataset_job_id": "never-ran"}, "dataset_job_id: no finished job 'never-ran'"),
+        (
+            {"dataset_job_id": "gone-dataset"},
+            "dataset_job_id: the dataset folder of job 'gone-dataset' is gone from the volume",
+        ),
         ({"dataset_job_id": "chain-training"}, "dataset_job_id: job 'chain-training' is a training job"),
     ]
     for fields, message in cases:

@@ -65,6 +65,7 @@ def test_inline_images_without_captions_are_captioned_written_and_returned(chain
     assert_same_state(chain.base, snapshot(lab.pipe))
 
 
+@pytest.mark.slow
 def test_folder_images_without_caption_files_leave_the_source_folder_alone(chain: Chain, lab: Lab) -> None:
     source = lab.root / "datasets" / "plain-photos"
     source.mkdir(parents=True)

@@ -135,6 +135,7 @@ def test_kohya_file_loads_in_comfyui_with_every_key_matched(chain: Chain, lab: L
     assert patched == len(modules_in(path)) == 192
 
 
+@pytest.mark.slow
 def test_text_encoder_layers_match_comfyui_too(chain: Chain, lab: Lab) -> None:
     job = {
         **TRAINING,
@@ -175,6 +176,7 @@ def test_diffusers_uses_every_module_of_the_kohya_file(chain: Chain, lab: Lab) -
     assert len(wrapped) == len(modules_in(path)) == 192
 
 
+@pytest.mark.slow
 def test_attention_and_explicit_layer_sets_with_min_snr_noise_offset_in_the_metadata(
     chain: Chain, lab: Lab
 ) -> None:

@@ -1,6 +1,6 @@
 """Resume: a job continues another's last checkpoint with its optimizer state, step count and loss curve, as if
-it had never stopped; a checkpoint file works too; a checkpoint of another rank, too few steps or an unknown job
-are field errors."""
+it had never stopped; a checkpoint file works too (with the checkpoint's seed when the job gives none); a
+checkpoint of another rank, too few steps or an unknown job are field errors."""
 
 from __future__ import annotations
 
@@ -65,12 +65,15 @@ def test_resume_continues_the_step_count_and_the_loss_curve(chain: Chain, lab: L
     assert_same_state(chain.base, snapshot(lab.pipe))
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_file_on_the_volume(chain: Chain, lab: Lab) -> None:
     checkpoint = "job_data/chain-training/checkpoints/robot-step000002.safetensors"
-    job = {**TRAINING, "dataset_job_id": "chain-dataset", "steps": 3, **QUIET, "resume_from": checkpoint}
+    unseeded = {key: value for key, value in TRAINING.items() if key != "seed"}
+    job = {**unseeded, "dataset_job_id": "chain-dataset", "steps": 3, **QUIET, "resume_from": checkpoint}
     result = lab.run("resume-file", job)
     assert "error" not in result, result
     assert result["resumed_from_step"] == 2 and result["steps_done"] == 3
+    assert result["seed"] == TRAINING["seed"]  # the checkpoint's seed goes on
     assert log_rows(lab, "resume-file")[:2] == log_rows(lab, "chain-training")[:2]
 
 
@@ -90,7 +93,7 @@ def test_resume_from_a_checkpoint_file_on_the_volume(chain: Chain, lab: Lab) -> 
             {"resume_from": "job_data/chain-training/lora/robot.safetensors"},
             "resume_from: robot.safetensors has no robot.state.safetensors beside it",
         ),
-        ({"resume_from": "../x.safetensors"}, "resume_from: outside the volume"),
+        ({"resume_from": "../x.safetensors"}, "resume_from: '../x.safetensors' is outside the volume"),
     ],
 )
 def test_resume_refusals_are_field_errors(chain: Chain, lab: Lab, fields: dict, message: str) -> None:

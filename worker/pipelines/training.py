@@ -48,12 +48,14 @@ class TrainingPipeline:
                 f"adamw8bit needs a CUDA GPU (bitsandbytes); this worker has {self.env.device}: use adamw",
             )
         examples = load_examples(job, self.env.store, self.volume, self.limits)
-        seed = resolve_seed(job.seed)
-        settings = train_settings(job, seed)
-        identity = self.identity(job, settings)
         state = None
         if job.resume_from is not None:
             state = load_state(find_state(job.resume_from, self.env.store, self.volume))
+        # a resumed run keeps its seed unless the job gives one: the batch order goes on as it would have
+        seed = resolve_seed(job.seed if job.seed is not None or state is None else state.seed)
+        settings = train_settings(job, seed)
+        identity = self.identity(job, settings)
+        if state is not None:
             mismatch = identity.mismatch(state.identity)
             if mismatch:
                 raise JobInputError(*mismatch)

@@ -76,6 +76,7 @@ class TrainingState:
 
     identity: Identity
     steps_done: int
+    seed: int
     log: list[tuple[float, float]]  # (loss, lr) of every step so far
     tensors: dict[str, Any]
     scalars: dict[str, Any]  # the optimizer state's non-tensor values, "<index>.<key>"
@@ -85,6 +86,7 @@ class TrainingState:
 def save_state(
     dest: Path, trainer: LoraTrainer, identity: Identity, steps_done: int, log: list[tuple[float, float]]
 ) -> None:
+    """Write the state after `steps_done` steps, `log` holding each step's (loss, lr)."""
     import torch
     from safetensors.torch import save_file
 
@@ -105,6 +107,7 @@ def save_state(
     metadata = {
         "format": FORMAT,
         "steps_done": str(steps_done),
+        "seed": str(trainer.settings.seed),
         "identity": json.dumps(asdict(identity)),
         "params": json.dumps(order),
         "scalars": json.dumps(scalars),
@@ -131,6 +134,7 @@ def load_state(path: Path) -> TrainingState:
     return TrainingState(
         identity=identity,
         steps_done=int(metadata["steps_done"]),
+        seed=int(metadata["seed"]),
         log=[(float(loss), float(lr)) for loss, lr in json.loads(metadata["log"])],
         tensors=tensors,
         scalars=json.loads(metadata["scalars"]),
