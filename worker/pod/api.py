@@ -12,8 +12,9 @@ import hmac
 import json
 import logging
 import re
+import time
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +28,7 @@ _ENDPOINT_PREFIX = re.compile(r"^/v2/[^/]+(/.*)$")
 _SESSION_COOKIE = "pod_session"
 _RUNSYNC_DEFAULT_WAIT_MS = 90_000  # the hosted /runsync's own default
 _RUNSYNC_WAIT_MS = (1_000, 300_000)
+_RUNSYNC_POLL_S = 0.05
 LOCAL_HOST = "127.0.0.1"
 
 
@@ -71,6 +73,9 @@ class PodGate:
             scope = {**scope, "path": match.group(1), "raw_path": match.group(1).encode()}
         if self.api_key is None or self._authorized(scope):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
             return
         token = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
         if scope["path"].rstrip("/") == "/ui" and hmac.compare_digest(token.encode(), self.api_key.encode()):
@@ -118,8 +123,14 @@ def create_app(queue: PodQueue, api_key: str | None, *, ui: bool = True) -> PodG
         if isinstance(body, JSONResponse):
             return body
         record = queue.submit(body, sync=True)
-        wait_s = min(max(wait, _RUNSYNC_WAIT_MS[0]), _RUNSYNC_WAIT_MS[1]) / 1000
-        answer = await asyncio.to_thread(queue.wait, record.id, wait_s)
+        deadline = time.monotonic() + min(max(wait, _RUNSYNC_WAIT_MS[0]), _RUNSYNC_WAIT_MS[1]) / 1000
+        # polled on the event loop: a thread per waiting request would starve the thread pool under many waits
+        try:
+            while not queue.get(record.id).final and time.monotonic() < deadline:
+                await asyncio.sleep(_RUNSYNC_POLL_S)
+            answer = queue.body(record.id)
+        except UnknownJobError:  # purged while it waited
+            return _not_found(record.id)
         if answer["status"] in ("IN_QUEUE", "IN_PROGRESS"):
             answer = {"id": record.id, "status": answer["status"]}
         return JSONResponse(answer)
@@ -188,8 +199,6 @@ def serve(queue: PodQueue, settings: Settings, host: str, port: int) -> None:
 
     host = bind_host(host, settings.pod_api_key)
     log.info("pod API on http://%s:%d (routes at / and /v2/<any id>/), web UI at /ui", host, port)
-    if settings.pod_api_key:
-        log.info("open the UI at http://%s:%d/ui?token=%s", host, port, quote("<POD_API_KEY>"))
     try:
         uvicorn.run(
             create_app(queue, settings.pod_api_key),

@@ -142,17 +142,10 @@ class PodQueue:
             return record.body(self._read_output(record))
         return record.body(self._progress.get(job_id) if record.status == IN_PROGRESS else None)
 
-    def wait(self, job_id: str, timeout_s: float) -> dict[str, Any]:
-        """The job's `/status` answer once it is final, or its current one after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while not self.get(job_id).final and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
-        return self.body(job_id)
-
     def cancel(self, job_id: str, wait_s: float = 2.5) -> dict[str, Any]:
-        """Cancel a queued job at once, a running one at its next step (waiting up to `wait_s` for it to stop and
-        its partial outputs to go). A finished job is left as it is."""
+        """Cancel a queued job at once, a running one at its next step. The answer waits up to `wait_s` for the
+        job to stop and its partial outputs to go; a job still stopping then is CANCELLED from now on, as on
+        RunPod, and the next job starts once it has stopped. A finished job is left as it is."""
         with self._cond:
             record = self.get(job_id)
             if record.status == IN_QUEUE:
@@ -163,7 +156,11 @@ class PodQueue:
                 deadline = time.monotonic() + wait_s
                 while not record.final and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
-            return {"id": job_id, "status": CANCELLED if not record.final else record.status}
+                if not record.final:
+                    self._finish(
+                        record, CANCELLED, "cancelled: stopping at its next step; no outputs are kept"
+                    )
+            return {"id": job_id, "status": record.status}
 
     def retry(self, job_id: str) -> JobRecord:
         """Queue a FAILED or TIMED_OUT job again, with the same id and input."""
@@ -213,6 +210,7 @@ class PodQueue:
                 "running": running,
                 "initializing": 0,
                 "ready": 1,
+                "throttled": 0,
                 "unhealthy": 0,
             },
         }
@@ -272,6 +270,9 @@ class PodQueue:
             self._cancel.pop(record.id, None)
             if self._stopping and cancel_event.is_set():
                 return  # the server is stopping: the record stays IN_PROGRESS and runs again after a restart
+            if record.final:
+                log.info("job %s: stopped after its cancel", record.id)
+                return  # cancel() recorded it while it was stopping
             error = answer.get("error") if isinstance(answer, dict) else None
             if error is None:
                 self._finish(record, COMPLETED, None)
