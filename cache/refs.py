@@ -103,6 +103,9 @@ def _parse_url(raw: str) -> ModelRef:
         raise RefError(f"{raw!r}: the URL has no host")
     if parts.username or parts.password:
         raise RefError("the URL carries credentials: set CIVITAI_TOKEN or HF_TOKEN instead")
+    if parts.query:
+        # a query is where download tokens and signatures go: they would end up in logs and folder names
+        raise RefError("the URL has a query string: name the file without one (tokens go in CIVITAI_TOKEN)")
     if not parts.path.endswith(WEIGHTS_SUFFIX):
         raise RefError(
             f"{parts.scheme}://{parts.hostname}{parts.path}: only {WEIGHTS_SUFFIX} files are loaded"

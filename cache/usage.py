@@ -100,8 +100,7 @@ class Usage:
         folder = self.models_dir / ".inuse" / name
         live = []
         for marker in folder.iterdir() if folder.is_dir() else ():
-            host, _, rest = marker.name.partition("--")
-            pid = rest.partition("--")[0]
+            host, pid, _ = (["", "", ""] + marker.name.rsplit("--", 2))[-3:]  # host names may hold "--"
             try:
                 age = time.time() - marker.stat().st_mtime
             except FileNotFoundError:
@@ -138,7 +137,10 @@ class Usage:
             ref = _ref_of(manifest)
             if manifest is None or ref is None:
                 continue
-            published = (folder / ".complete.json").stat().st_mtime
+            try:
+                published = (folder / ".complete.json").stat().st_mtime
+            except FileNotFoundError:  # removed by another worker meanwhile
+                continue
             found.append(
                 OnDemandModel(
                     folder.name, ref, manifest.get("total_bytes", 0), self.last_used(folder.name) or published

@@ -93,6 +93,7 @@ def test_references_parse_to_one_canonical_form(text: str, kind: str, canonical:
         ("civitai:abc", "digits"),
         ("https://example.com/model.bin", "only .safetensors"),
         ("https://user:pw@example.com/m.safetensors", "credentials"),
+        ("https://civitai.com/api/download/models/1?token=abc", "query string"),
         ("https://example.com/m.safetensors#md5=1", "#sha256="),
         ("s3://bucket/m.safetensors", "expected hf:"),
     ],
