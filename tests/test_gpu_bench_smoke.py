@@ -3,8 +3,11 @@ size on the CPU (`--cpu-smoke`), which goes through every step the GPU run takes
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +64,61 @@ def test_music_lines_become_figures_per_decode_mode() -> None:
     assert figures["codec_rtf"] == 0.05 and figures["codec_frames"] == 375
     compiled = "LM    : 12 frames (eager, compiled) in 1.00 s = 12.0 frames/s, RTF 1.000"
     assert gpu_report.music_figures(compiled)["lm_eager_compiled_rtf"] == 1.0
+
+
+# What the GPU machine has (and what its packages bring), and what the GPU run never imports.
+GPU_MACHINE = {
+    "torch",
+    "numpy",
+    "safetensors",
+    "transformers",
+    "accelerate",
+    "peft",
+    "huggingface-hub",
+    "pillow",
+}
+GPU_MACHINE |= {"tokenizers", "httpx2"}  # transformers' tokenizers; huggingface_hub's HTTP client
+NOT_IN_THE_GPU_RUN = {
+    "boto3": "bucket uploads, only with a bucket configured",
+    "botocore": "the same",
+    "celery": "the caller's side (worker_client)",
+    "fastapi": "the pod's web UI",
+    "starlette": "the file gateway, on a CPU pod",
+    "uvicorn": "the same",
+    "bitsandbytes": "the adamw8bit optimizer, which the GPU run does not train with",
+}
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_carried_wheels_cover_what_the_gpu_run_imports() -> None:
+    """Every third-party import of the worker, the cache, handler.py and the benches is on the GPU machine or in
+    bench/gpu/fetch_wheels.sh: a new dependency must be carried, or the GPU run fails on an import."""
+    script = (ROOT / "bench" / "gpu" / "fetch_wheels.sh").read_text()
+    listed = script[script.index("packages=(") : script.index("\n)\n")]
+    carried = {normalized(word) for line in listed.splitlines()[1:] for word in line.split("#")[0].split()}
+    files = [ROOT / "handler.py"]
+    for folder in ("worker", "cache", "bench"):
+        files += sorted((ROOT / folder).rglob("*.py"))
+    modules: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    modules -= {*sys.stdlib_module_names, "worker", "cache", "worker_client", "bench"}
+    modules -= {path.stem for path in (ROOT / "tests").glob("*.py")}  # bench/cache_warm.py's test servers
+    owners = importlib.metadata.packages_distributions()
+    missing = sorted(
+        module
+        for module in modules
+        if module not in NOT_IN_THE_GPU_RUN
+        and not {normalized(d) for d in owners.get(module, [module])} & (carried | GPU_MACHINE)
+    )
+    assert not missing, f"imported by the GPU run, neither on the GPU machine nor carried: {missing}"
 
 
 @pytest.mark.slow
