@@ -121,6 +121,7 @@ IP_ADAPTER_COMMIT = "018e402774aeeddd60609b4ecdb7e298259dc729"
 HEARTMULA_GEN_COMMIT = "9906b2bcd4598772a32cad4aec0760170fe0d177"
 HEARTMULA_3B_COMMIT = "41f6fc68490e11dc43fdabaa6b5767946408c903"
 HEARTCODEC_COMMIT = "f889dab0532cfa4bf459f2a3367eb6d346b8eeda"
+ACE_STEP_TURBO_COMMIT = "200ba991ae448051e14b0183157e35c2d27c9fb0"
 
 # The diffusers layout in fp16 only: the repo also holds single-file checkpoints, fp32 copies, ONNX, Flax and
 # OpenVINO exports, several times the size of what the pipeline loads.
@@ -149,7 +150,7 @@ _IP_ADAPTER_FILES = (
 _ACE_STEP_PIPELINE = tuple(
     f"{folder}/*" for folder in ("transformer", "condition_encoder", "text_encoder", "tokenizer", "vae", "scheduler")
 ) + ("model_index.json",)
-# AceStepPipeline's folders, and the cover codec beside them (see "ace-step" below)
+# AceStepPipeline's folders; the tiny model also has the cover codec beside them (see "ace-step" below)
 _ACE_STEP_FILES = (
     "model_index.json",
     "transformer/config.json",
@@ -158,9 +159,8 @@ _ACE_STEP_FILES = (
     "tokenizer/tokenizer.json",
     "vae/config.json",
     "scheduler/scheduler_config.json",
-    "cover/audio_tokenizer/config.json",
-    "cover/audio_token_detokenizer/config.json",
 )
+_ACE_STEP_COVER_CODEC = ("cover/audio_tokenizer/config.json", "cover/audio_token_detokenizer/config.json")
 
 _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
     "sdxl-base": {
@@ -303,33 +303,20 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
     },
     # XL turbo: the 4B DiT sounds better than the 2B one, and turbo's 8 guidance-free steps run one DiT pass per
     # step (base/sft: CFG, 27-60 steps); about 12 GB resident in bf16, so it sits beside HeartMuLa on a 48 GB card.
-    # Its diffusers repo lacks the audio tokenizer/detokenizer that `cover` needs: those come from the XL sft repo
-    # (same encoder width and latent space) into cover/.
+    # Its repo has no audio tokenizer/detokenizer (the XL sft repo has them, unpinned here): its covers take the
+    # reference's timbre only, while a folder with cover/ (the tiny one) takes its structure too.
     "ace-step": {
         "production": ModelSpec(
             name="ace-step",
-            parts=(
-                Part(
-                    kind="hub",
-                    repo_id="ACE-Step/acestep-v15-xl-turbo-diffusers",
-                    # the pipeline's folders only: nothing else of the repo is loaded
-                    allow_patterns=_ACE_STEP_PIPELINE,
-                ),
-                Part(
-                    kind="hub",
-                    repo_id="ACE-Step/acestep-v15-xl-sft-diffusers",
-                    subdir="cover",
-                    allow_patterns=("audio_tokenizer/*", "audio_token_detokenizer/*"),
-                ),
-            ),
+            parts=(_hub("ACE-Step/acestep-v15-xl-turbo-diffusers", ACE_STEP_TURBO_COMMIT, allow=_ACE_STEP_PIPELINE),),
             required_files=_ACE_STEP_FILES,
-            description="ACE-Step 1.5 XL turbo (diffusers), with the XL sft audio tokenizer for covers",
+            description="ACE-Step 1.5 XL turbo, diffusers layout",
         ),
         "tiny": ModelSpec(
             name="ace-step-tiny",
             parts=(_builtin("ace-step-tiny"),),
-            required_files=_ACE_STEP_FILES,
-            description="random-weight ACE-Step 1.5 in the same layout (demo and tests)",
+            required_files=_ACE_STEP_FILES + _ACE_STEP_COVER_CODEC,
+            description="random-weight ACE-Step 1.5 in the same layout, with the cover codec (demo and tests)",
         ),
     },
     "ip-adapter-sdxl": {
