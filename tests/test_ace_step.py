@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -134,6 +135,7 @@ def test_cover_of_a_reference_song(ace_worker: Worker, session_volume: Path) -> 
     cover = {"task": "cover", "reference_audio": "/runpod-volume/uploads/reference.wav", "seed": 9}
     full = song(ace_worker, "ace-cover", **{**cover, "duration_s": None})
     assert full["task"] == "cover" and full["duration_s"] == pytest.approx(1.2, abs=0.05)
+    assert full["cover"] == "structure+timbre"  # the tiny model carries the audio codec
     short = song(ace_worker, "ace-cover-short", **cover, duration_s=0.4)
     assert short["duration_s"] == pytest.approx(0.4, abs=0.05)
     inline = song(ace_worker, "ace-cover-inline", **{**cover, "reference_audio": data_uri(wav_bytes(1.2, 44100))},
@@ -273,3 +275,20 @@ def test_cover_of_a_reference_fetched_over_http(session_volume: Path) -> None:
         server.shutdown()
     assert result["duration_s"] == pytest.approx(0.6, abs=0.05)
     assert decoded(result["outputs"][0])[1] == result["sample_rate"]
+
+
+def test_a_model_without_the_audio_codec_covers_the_timbre(ace_worker: Worker, tmp_path: Path) -> None:
+    """The released turbo repo has no audio tokenizer: its covers condition on the reference's timbre alone."""
+    from worker.audio_inputs import decode_audio
+    from worker.pipelines.music_ace_step import AceStepEngine
+
+    folder = tmp_path / "ace-step-without-codec"
+    shutil.copytree(ace_worker.model_path("ace-step"), folder, ignore=shutil.ignore_patterns("cover"))
+    engine = AceStepEngine.from_folder(folder, "cpu")
+    assert engine.cover_mode == "timbre"
+    reference = decode_audio(wav_bytes(0.6, 44100), "reference_audio", sample_rate=engine.sample_rate,
+                             max_duration_s=600)  # fmt: skip
+    steps: list[int] = []
+    songs = engine.generate(lyrics="[Verse]\nla", tags="piano", duration_s=0.6, steps=2, guidance=None, seeds=[1],
+                            reference=reference, cover_strength=1.0, on_step=lambda done, total: steps.append(done))  # fmt: skip
+    assert songs.waveforms.shape == (1, 2, reference.shape[1]) and steps == [1, 2]

@@ -191,6 +191,7 @@ class MusicPipeline:
             fields={
                 "model": job.model,
                 "task": job.task,
+                **({"cover": engine.cover_mode} if job.task == "cover" else {}),
                 "seed": seed,
                 "seeds": seeds,
                 "sample_rate": songs.sample_rate,

@@ -1,8 +1,9 @@
 """ACE-Step 1.5 for the music job: diffusers' `AceStepPipeline`, text2music and cover.
 
-The model folder is AceStepPipeline's layout plus `cover/audio_tokenizer` and `cover/audio_token_detokenizer`
-(the codec that turns the song to cover into the 5 Hz semantic tokens the DiT is conditioned on); both are always
-loaded, so a cover needs no second model.
+The model folder is AceStepPipeline's layout, optionally with `cover/audio_tokenizer` and
+`cover/audio_token_detokenizer`: the codec that turns the song to cover into the 5 Hz semantic tokens the DiT is
+conditioned on. With it a cover keeps the reference's structure and timbre; without it (the released turbo
+repo has none) the reference conditions the timbre only, as diffusers' own cover example does.
 """
 
 from __future__ import annotations
@@ -45,14 +46,17 @@ class AceStepEngine:
 
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         cover = Path(folder) / COVER_DIR
-        pipe = AceStepPipeline.from_pretrained(
-            folder,
-            dtype=dtype,
-            audio_tokenizer=AceStepAudioTokenizer.from_pretrained(cover / "audio_tokenizer", dtype=dtype),
-            audio_token_detokenizer=AceStepAudioTokenDetokenizer.from_pretrained(
-                cover / "audio_token_detokenizer", dtype=dtype
-            ),
-        )
+        codec: dict[str, Any] = {"audio_tokenizer": None, "audio_token_detokenizer": None}
+        if (cover / "audio_tokenizer" / "config.json").is_file():
+            codec = {
+                "audio_tokenizer": AceStepAudioTokenizer.from_pretrained(
+                    cover / "audio_tokenizer", dtype=dtype
+                ),
+                "audio_token_detokenizer": AceStepAudioTokenDetokenizer.from_pretrained(
+                    cover / "audio_token_detokenizer", dtype=dtype
+                ),
+            }
+        pipe = AceStepPipeline.from_pretrained(folder, dtype=dtype, **codec)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, device)
@@ -65,6 +69,11 @@ class AceStepEngine:
     @property
     def sample_rate(self) -> int:
         return int(self.pipe.sample_rate)
+
+    @property
+    def cover_mode(self) -> str:
+        """What a cover takes from its reference: with the audio codec its structure too, else its timbre."""
+        return "structure+timbre" if self.pipe.audio_tokenizer is not None else "timbre"
 
     @property
     def is_turbo(self) -> bool:
@@ -92,8 +101,8 @@ class AceStepEngine:
         on_step: Callable[[int, int], None],
     ) -> Songs:
         """One song per seed. `reference` (`[2, samples]` at `sample_rate`) makes it a cover of that song: its
-        structure through the audio tokenizer, its timbre through the timbre encoder. `on_step(done, total)` runs
-        after every diffusion step and may raise to stop the job there."""
+        timbre through the timbre encoder, its structure through the audio codec when loaded (`cover_mode`).
+        `on_step(done, total)` runs after every diffusion step and may raise to stop the job there."""
         import torch
 
         def step_end(pipe: Any, step: int, timestep: float, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -103,12 +112,9 @@ class AceStepEngine:
         cover: dict[str, Any] = {}
         if reference is not None:
             audio = torch.from_numpy(reference)
-            cover = {
-                "task_type": "cover",
-                "src_audio": audio,
-                "reference_audio": audio,
-                "audio_cover_strength": cover_strength,
-            }
+            cover = {"task_type": "cover", "reference_audio": audio, "audio_cover_strength": cover_strength}
+            if self.pipe.audio_tokenizer is not None:
+                cover["src_audio"] = audio
         started = time.perf_counter()
         # the VAE samples its encodings of a cover's reference from the global generator: seeded, then restored
         with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
