@@ -86,7 +86,10 @@ class MusicJob(StrictInput):
         description="The song to cover: URL, base64 or volume path (WAV, FLAC, MP3, OGG).",
     )
     cover_strength: float = Field(
-        default=1.0, ge=0.0, le=1.0, description="How much of the reference's structure the cover keeps."
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="How much of the reference the cover keeps (lower: more of the text).",
     )
 
     @field_validator("tags")
