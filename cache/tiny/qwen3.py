@@ -17,7 +17,8 @@ CHAT_TEMPLATE = (
     "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}"
     "{%- endif %}"
 )
-# Qwen/Qwen3-4B's text config; the tiny keeps its head layout ratios (GQA 4:1... shrunk) and tied embeddings
+# Qwen/Qwen3-4B's text config; the tiny keeps its grouped-query ratio (4 query heads per key/value head) and its
+# tied embeddings
 QWEN3_4B = {
     "hidden_size": 2560,
     "intermediate_size": 9728,

@@ -47,7 +47,6 @@ _FLOW_MULTISTEP: SchedulerTable = {
     ),
     "unipc": ("UniPCMultistepScheduler", {"prediction_type": "flow_prediction", "use_flow_sigmas": True}),
 }
-STOCHASTIC_SCHEDULERS = frozenset({"euler_a", "lcm"})
 
 SDXL_NEGATIVE = "blurry, lowres, deformed, disfigured, watermark, text, multiple people"
 
@@ -67,7 +66,6 @@ class Family:
     negative_prompt: NegativePrompt
     schedulers: SchedulerTable
     cuda_dtype: Literal["float16", "bfloat16"]
-    vram_gb: int
     lora_markers: tuple[str, ...]
     takes_checkpoint: bool = False
     takes_reference_image: bool = False
@@ -95,7 +93,6 @@ FAMILIES: dict[str, Family] = {
             negative_prompt="always",
             schedulers=_SDXL_SCHEDULERS,
             cuda_dtype="float16",
-            vram_gb=12,
             # UNet blocks in diffusers, kohya and original (ldm) naming, and the two CLIP encoders
             lora_markers=(
                 r"(down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block)[._]",
@@ -118,7 +115,6 @@ FAMILIES: dict[str, Family] = {
             negative_prompt="with_guidance",
             schedulers=_FLOW_SCHEDULERS,
             cuda_dtype="bfloat16",
-            vram_gb=24,
             # the single-stream layers and refiners, dotted (diffusers, ai-toolkit) or underscored (kohya/ComfyUI)
             lora_markers=(
                 r"(^|[._])(noise_refiner|context_refiner)[._]\d",
@@ -137,7 +133,6 @@ FAMILIES: dict[str, Family] = {
             negative_prompt="never",  # the pipeline takes no negative prompt (it uses "" when it guides)
             schedulers={**_FLOW_SCHEDULERS, **_FLOW_MULTISTEP},
             cuda_dtype="bfloat16",
-            vram_gb=24,
             # BFL's double/single blocks (ai-toolkit, kohya) and diffusers' names for them
             lora_markers=(
                 r"(^|[._])(double_blocks|single_blocks|single_transformer_blocks)[._]\d",
