@@ -250,6 +250,7 @@ def test_text_encoder_training_from_inline_images(chain: Chain, lab: Lab) -> Non
         "checkpoint_every": 0,
         "name": "te",
         "caption_dropout": 0.5,
+        "sample_grid": False,
     }
     result = lab.run("train-te", job)
     assert "error" not in result, result
@@ -287,6 +288,7 @@ def test_folder_dataset_without_latent_cache_and_a_warmup_schedule(chain: Chain,
         "sample_every": 0,
         "checkpoint_every": 0,
         "batch_size": 2,
+        "sample_grid": False,
     }
     result = lab.run("train-folder", job)
     assert "error" not in result, result
