@@ -66,6 +66,15 @@ def test_music_lines_become_figures_per_decode_mode() -> None:
     assert gpu_report.music_figures(compiled)["lm_eager_compiled_rtf"] == 1.0
 
 
+def test_ace_step_line_becomes_figures() -> None:
+    line = "ACE-Step (3b, 48000 Hz, 8 steps, batch 1): 1 x 30 s in 3.00 s, RTF 0.1000, peak 21.5 GiB"
+    assert gpu_report.ace_step_figures(line) == {
+        "ace_step_s": 3.0,
+        "ace_step_rtf": 0.1,
+        "ace_step_peak_vram_gib": 21.5,
+    }
+
+
 # What the GPU machine has (and what its packages bring), and what the GPU run never imports.
 GPU_MACHINE = {
     "torch",

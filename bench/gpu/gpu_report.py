@@ -55,6 +55,7 @@ class Step:
     cap_s: float
     parse: Callable[[str], Figures]
     env: dict[str, str] = field(default_factory=dict)
+    extra: bool = False  # beyond issue #17's figures: run only when `--only` names it, or with `--extras`
 
 
 @dataclass
@@ -74,8 +75,9 @@ def last_json(stdout: str) -> Figures:
     raise ValueError("no JSON line in the output")
 
 
-def pytest_counts(stdout: str) -> Figures:
-    """`passed`/`failed`/`skipped`... from pytest's summary line, and the failed tests' names."""
+def pytest_counts(stdout: str, want_gpu: bool) -> Figures:
+    """`passed`/`failed`/`skipped`... from pytest's summary line, and the failed tests' names. On the GPU a
+    skipped test is a failure: it means torch saw no CUDA device."""
     summary = [line for line in stdout.splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", line)]
     if not summary:
         raise ValueError("no pytest summary line")
@@ -83,6 +85,8 @@ def pytest_counts(stdout: str) -> Figures:
     failed = [line.split(" ", 2)[1] for line in stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
     if failed:
         counts["failing"] = failed
+    if want_gpu and counts.get("skipped"):
+        raise ValueError(f"{counts['skipped']} CUDA tests skipped: torch sees no CUDA device")
     return counts
 
 
@@ -136,6 +140,34 @@ def training_figures(stdout: str, want_gpu: bool) -> Figures:
     return figures
 
 
+_ACE_LINE = re.compile(r"^ACE-Step .*: .* in ([\d.]+) s, RTF ([\d.]+)(?:, peak ([\d.]+) GiB)?", re.MULTILINE)
+
+
+def ace_step_figures(stdout: str) -> Figures:
+    """bench/ace_step_rtf.py's line: seconds, RTF and peak VRAM of one song."""
+    found = _ACE_LINE.search(stdout)
+    if not found:
+        raise ValueError("no ACE-Step line in the output")
+    seconds, rtf, peak = found.groups()
+    figures: Figures = {"ace_step_s": float(seconds), "ace_step_rtf": float(rtf)}
+    if peak:
+        figures["ace_step_peak_vram_gib"] = float(peak)
+    return figures
+
+
+def family_figures(path: Path) -> Figures:
+    """bench/image_families.py's JSON rows, one figure per family and measure (the GPU rows where there are)."""
+    rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    gpu = [row for row in rows if str(row.get("device", "")).startswith("cuda")]
+    labels = {"family", "models", "device", "size"}
+    return {
+        f"{row['family']}_{key}": value
+        for row in gpu or rows
+        for key, value in row.items()
+        if key not in labels
+    }
+
+
 def plan(smoke: bool, work: Path, python: str) -> list[Step]:
     """The steps in running order; on the GPU each has its cap, in the smoke every cap is SMOKE_CAP_S."""
     bench = ROOT / "bench"
@@ -174,8 +206,14 @@ def plan(smoke: bool, work: Path, python: str) -> list[Step]:
     load = [python, str(bench / "load_speed.py"), "--device", device]
     load += ["--model", f"sdxl-base={models / 'sdxl-base'}", "--model", f"heartmula={models / 'heartmula'}"]
     steps = [
-        Step("0 models", [*build, "--size", "tiny" if smoke else "real"], cap(120), last_json),
-        Step("1 cuda tests", pytest, cap(150), pytest_counts, {"GPU_BENCH_MODELS": str(models)}),
+        Step("0 models", [*build, "--size", "tiny" if smoke else "real"], cap(180), last_json),
+        Step(
+            "1 cuda tests",
+            pytest,
+            cap(150),
+            lambda out: pytest_counts(out, not smoke),
+            {"GPU_BENCH_MODELS": str(models)},
+        ),
         # every decode mode in one process, side by side: one model build, and each mode's tokens checked
         # against the eager loop's
         Step("2 music LM decodes", [*music, "--part", "lm"], cap(200), music_figures),
@@ -185,6 +223,18 @@ def plan(smoke: bool, work: Path, python: str) -> list[Step]:
         Step("5 load", load, cap(100), last_json),
         Step("2 music LM compiled", [*music, "--part", "lm", "--compile"], cap(150), music_figures),
         Step("3 SDXL compiled", [*image, *compiled], cap(180), last_json),
+    ]
+    # the other engines' real sizes, past the 8-minute budget: a second call runs them (`--only 6 --only 7`)
+    ace = [python, str(bench / "ace_step_rtf.py"), "--device", device]
+    ace += (
+        ["--size", "tiny", "--seconds", "1", "--steps", "1"] if smoke else ["--size", "3b", "--seconds", "30"]
+    )
+    families_json = work / "image_families.json"
+    families = [python, str(bench / "image_families.py"), "--work", str(work), "--json", str(families_json)]
+    families += ["--size", "64", "--skip-gpu"] if smoke else []
+    steps += [
+        Step("6 ACE-Step", ace, cap(200), ace_step_figures, extra=True),
+        Step("7 image families", families, cap(450), lambda _: family_figures(families_json), extra=True),
     ]
     if smoke:
         # inductor compiles the LM's C++ kernels on a CPU for minutes; the GPU run measures it
@@ -220,8 +270,8 @@ def run_step(step: Step, seconds_left: float, log_dir: Path) -> Row:
     tail = (stdout + err_path.read_text(errors="replace"))[-LOG_TAIL:]
     try:
         figures = step.parse(stdout)
-    except (ValueError, IndexError, KeyError) as problem:
-        figures, parse_error = {}, str(problem)
+    except Exception as problem:  # noqa: BLE001 - any output the parser cannot read is the step's failure
+        figures, parse_error = {}, f"{type(problem).__name__}: {problem}"
     else:
         parse_error = ""
     if code is None:  # what it printed before the kill is kept
@@ -281,15 +331,19 @@ def main() -> int:
         "--work", type=Path, help="where the models are built and kept for a rerun (default: under $TMPDIR)"
     )
     parser.add_argument("--only", action="append", help="run only the steps whose name contains this")
+    parser.add_argument("--extras", action="store_true", help="also the steps past issue #17's (6, 7)")
     args = parser.parse_args()
     out = os.environ.get("OUT")
     report = Path(out) / "gpu_report.json" if out else ROOT / "bench" / "gpu" / "last_report.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     # a fixed place, so a second call on the still-warm machine (`--only compiled`) finds the models built
     work = args.work or Path(tempfile.gettempdir()) / "gpu-bench" / ("tiny" if args.cpu_smoke else "real")
+    work.mkdir(parents=True, exist_ok=True)
     steps = plan(args.cpu_smoke, work, sys.executable)
     if args.only:
         steps = [step for step in steps if any(part in step.name for part in args.only)]
+    elif not args.extras:
+        steps = [step for step in steps if not step.extra]
     budget_s = args.budget_s or (SMOKE_BUDGET_S if args.cpu_smoke else GPU_BUDGET_S)
     meta = {"mode": "cpu-smoke" if args.cpu_smoke else "gpu", "device": device_name(), "budget_s": budget_s}
     rows = run_all(steps, budget_s, report, meta)
