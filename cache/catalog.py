@@ -178,8 +178,8 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
         ),
     },
     # The image families beside SDXL (worker/pipelines/image_families.py): diffusers layout, bf16 weights. Only the
-    # pipeline's folders are fetched; the repos also hold single-file copies for ComfyUI. Z-Image-Turbo is pinned
-    # at a commit several public references cite; FLUX.2-klein-4B at "main" until a commit is known.
+    # pipeline's folders are fetched; the repos also hold single-file copies for ComfyUI. Both are pinned at commits
+    # that several unrelated public projects cite.
     "z-image-turbo": {
         "production": ModelSpec(
             name="z-image-turbo",
@@ -228,7 +228,7 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
             parts=(
                 _hub(
                     "black-forest-labs/FLUX.2-klein-4B",
-                    "main",
+                    "e7b7dc27f91deacad38e78976d1f2b499d76a294",
                     allow=(
                         "model_index.json",
                         "scheduler/*",

@@ -10,32 +10,35 @@ Installs with `requests` alone (`pip install .`); it never imports the server (`
 `worker_client.celery_tasks` (extra `[celery]`) runs jobs from Celery.
 """
 
-from worker_client.endpoint_client import EndpointClient, JobStatus
-from worker_client.endpoints import microservice_endpoints, output_source
-from worker_client.exceptions import (
-    ClientError,
-    JobCancelledError,
-    JobError,
-    JobFailedError,
-    JobTimedOutError,
-    PayloadTooLargeError,
-    RequestError,
-    TransientError,
-    WaitTimeoutError,
-)
-from worker_client.jobs import JOB_TYPES
-from worker_client.outputs import (
-    BucketUrls,
-    GatewayFiles,
-    MountedVolume,
-    OutputSource,
-    VolumeS3,
-    fetch_outputs,
-)
+from __future__ import annotations
 
-__all__ = [
-    "JOB_TYPES", "BucketUrls", "ClientError", "EndpointClient", "GatewayFiles", "JobCancelledError", "JobError",
-    "JobFailedError", "JobStatus", "JobTimedOutError", "MountedVolume", "OutputSource", "PayloadTooLargeError",
-    "RequestError", "TransientError", "VolumeS3", "WaitTimeoutError", "fetch_outputs", "microservice_endpoints",
-    "output_source",
-]  # fmt: skip
+import importlib
+from typing import Any
+
+# what each public name is imported from, on first use: the server and the cache import `worker_client.jobs` and
+# friends, and must not pay for `requests` and the whole client to do so
+_EXPORTS = {
+    "EndpointClient": "endpoint_client",
+    "JobStatus": "endpoint_client",
+    "microservice_endpoints": "endpoints",
+    "output_source": "endpoints",
+    **dict.fromkeys(
+        (
+            "ClientError", "JobCancelledError", "JobError", "JobFailedError", "JobTimedOutError",
+            "PayloadTooLargeError", "RequestError", "TransientError", "WaitTimeoutError",
+        ),
+        "exceptions",
+    ),
+    "JOB_TYPES": "jobs",
+    **dict.fromkeys(
+        ("BucketUrls", "GatewayFiles", "MountedVolume", "OutputSource", "VolumeS3", "fetch_outputs"), "outputs"
+    ),
+}  # fmt: skip
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'worker_client' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"worker_client.{_EXPORTS[name]}"), name)
