@@ -127,21 +127,25 @@ def test_progress_every_step_and_cancel_between_steps(ace_worker: Worker) -> Non
 
 
 def test_cover_of_a_reference_song(ace_worker: Worker, session_volume: Path) -> None:
-    """A 44.1 kHz mono WAV on the volume, resampled to the engine's rate; the cover takes the reference's length
-    unless duration_s is shorter; its strength changes the song."""
+    """A 44.1 kHz mono WAV, on the volume or inline, resampled to the engine's rate and trimmed to duration_s (the
+    URL test below covers a reference's own length); the same seed covers the same; its strength changes it."""
     uploads = session_volume / "uploads"
     uploads.mkdir(exist_ok=True)
     (uploads / "reference.wav").write_bytes(wav_bytes(1.2, 44100))
-    cover = {"task": "cover", "reference_audio": "/runpod-volume/uploads/reference.wav", "seed": 9}
-    full = song(ace_worker, "ace-cover", **{**cover, "duration_s": None})
-    assert full["task"] == "cover" and full["duration_s"] == pytest.approx(1.2, abs=0.05)
-    assert full["cover"] == "structure+timbre"  # the tiny model carries the audio codec
-    short = song(ace_worker, "ace-cover-short", **cover, duration_s=0.4)
-    assert short["duration_s"] == pytest.approx(0.4, abs=0.05)
-    inline = song(ace_worker, "ace-cover-inline", **{**cover, "reference_audio": data_uri(wav_bytes(1.2, 44100))},
-                  duration_s=0.4)  # fmt: skip
+    cover = {
+        "task": "cover",
+        "reference_audio": "/runpod-volume/uploads/reference.wav",
+        "seed": 9,
+        "duration_s": 0.4,
+    }
+    short = song(ace_worker, "ace-cover", **cover)
+    assert short["task"] == "cover" and short["duration_s"] == pytest.approx(0.4, abs=0.05)
+    assert short["cover"] == "structure+timbre"  # the tiny model carries the audio codec
+    inline = song(
+        ace_worker, "ace-cover-inline", **{**cover, "reference_audio": data_uri(wav_bytes(1.2, 44100))}
+    )
     assert inline["outputs"][0]["sha256"] == short["outputs"][0]["sha256"]
-    weaker = song(ace_worker, "ace-cover-weak", **cover, duration_s=0.4, cover_strength=0.3)
+    weaker = song(ace_worker, "ace-cover-weak", **cover, cover_strength=0.3)
     assert weaker["outputs"][0]["sha256"] != short["outputs"][0]["sha256"]
 
 
