@@ -266,8 +266,9 @@ def test_browser_login_sets_a_session_cookie(pod: RunningPod) -> None:
     session = requests.Session()
     form = session.get(f"{pod.url}/ui", timeout=10)
     assert form.status_code == 401 and 'name="token"' in form.text
-    assert session.get(f"{pod.url}/ui?token=wrong", timeout=10).status_code == 401
-    page = session.get(f"{pod.url}/ui?token={POD_KEY}", timeout=10)
+    assert session.post(f"{pod.url}/ui/login", data={"token": "wrong"}, timeout=10).status_code == 401
+    assert session.get(f"{pod.url}/ui?token={POD_KEY}", timeout=10).status_code == 401  # never in a URL
+    page = session.post(f"{pod.url}/ui/login", data={"token": POD_KEY}, timeout=10)
     assert page.status_code == 200 and page.url == f"{pod.url}/ui" and POD_KEY not in str(session.cookies)
     assert session.get(f"{pod.url}/health", timeout=10).json()["workers"]["ready"] == 1
 

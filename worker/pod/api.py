@@ -55,8 +55,8 @@ def session_token(api_key: str) -> str:
 
 class PodGate:
     """ASGI middleware: maps `/v2/<endpoint id>/<route>` onto `/<route>` and requires the bearer token (or the
-    UI's session cookie) on every route, compared in constant time. A browser opening `/ui?token=<key>` gets the
-    cookie and a redirect to `/ui`; one without it gets a form asking for the key."""
+    UI's session cookie) on every route, compared in constant time. A browser without the cookie gets a form
+    asking for the key; posting it to `/ui/login` sets the cookie and leads back to `/ui`."""
 
     def __init__(self, app: Any, api_key: str | None) -> None:
         self.app = app
@@ -77,10 +77,17 @@ class PodGate:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        token = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
-        if scope["path"].rstrip("/") == "/ui" and hmac.compare_digest(token.encode(), self.api_key.encode()):
-            cookie = f"{_SESSION_COOKIE}={self._session.decode()}; Path=/; HttpOnly; SameSite=Strict"
-            response: Response = Response(status_code=303, headers={"Location": "/ui", "Set-Cookie": cookie})
+        # the key comes in a POSTed form, never in a URL: URLs end up in access logs and the browser's history
+        if scope["path"] == "/ui/login" and scope.get("method") == "POST":
+            form = parse_qs((await _read_body(receive, _LOGIN_BODY_LIMIT)).decode(errors="replace"))
+            token = form.get("token", [""])[0]
+            if hmac.compare_digest(token.encode(), self.api_key.encode()):
+                cookie = f"{_SESSION_COOKIE}={self._session.decode()}; Path=/; HttpOnly; SameSite=Strict"
+                response: Response = Response(
+                    status_code=303, headers={"Location": "/ui", "Set-Cookie": cookie}
+                )
+            else:
+                response = Response(_LOGIN_PAGE, status_code=401, media_type="text/html")
         elif scope["path"].startswith("/ui"):
             response = Response(_LOGIN_PAGE, status_code=401, media_type="text/html")
         else:
@@ -98,8 +105,19 @@ class PodGate:
         return False
 
 
+async def _read_body(receive: Any, limit: int) -> bytes:
+    body = b""
+    while len(body) <= limit:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return body[:limit]
+
+
+_LOGIN_BODY_LIMIT = 4096
 _LOGIN_PAGE = """<!doctype html><meta charset="utf-8"><title>Pod worker</title>
-<form method="get" action="/ui" style="font-family:sans-serif;margin:4em auto;max-width:24em">
+<form method="post" action="/ui/login" style="font-family:sans-serif;margin:4em auto;max-width:24em">
 <h2>Pod worker</h2><p>This pod needs its key (<code>POD_API_KEY</code>).</p>
 <input name="token" type="password" placeholder="POD_API_KEY" autofocus style="width:100%">
 <p><button type="submit">Open</button></p></form>"""
