@@ -230,6 +230,7 @@ def plan(smoke: bool, work: Path, python: str) -> list[Step]:
         ["--size", "tiny", "--seconds", "1", "--steps", "1"] if smoke else ["--size", "3b", "--seconds", "30"]
     )
     families_json = work / "image_families.json"
+    families_json.unlink(missing_ok=True)  # the work folder is kept between calls: no figures from a past run
     families = [python, str(bench / "image_families.py"), "--work", str(work), "--json", str(families_json)]
     families += ["--size", "64", "--skip-gpu"] if smoke else []
     steps += [
