@@ -232,7 +232,8 @@ class PodQueue:
         """The worker's progress sink: the latest update is the running job's `output`, every one a stream item."""
         job_id = str(job.get("id", ""))
         with self._cond:
-            if job_id in self._records:
+            record = self._records.get(job_id)
+            if record is not None and not record.final:  # a cancelled job may report a step while it stops
                 self._progress[job_id] = payload
                 self._stream.setdefault(job_id, []).append(payload)
 
