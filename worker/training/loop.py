@@ -31,6 +31,8 @@ GRID_SCALES = (0.0, 0.5, 1.0)  # 0: the base model, for comparison
 
 
 class TrainingRun:
+    """The steps, log, checkpoints, samples and final files of one training job on a `LoraTrainer`."""
+
     def __init__(
         self, job: TrainingJob, ctx: JobContext, settings: Any, image: Any, identity: Identity
     ) -> None:
