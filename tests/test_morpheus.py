@@ -108,7 +108,7 @@ def test_an_unserved_workflow_lists_the_served_ones() -> None:
 
 def test_an_unknown_param_lists_the_workflows_params() -> None:
     with pytest.raises(
-        JobInputError, match=r"^denoise: not a param of workflow 'creation'; supported: .*cfg_scale"
+        JobInputError, match=r"^denoise: not a param of workflow 'creation', supported: .*cfg_scale"
     ):
         envelope({**CREATION, "denoise": 0.5})
 
@@ -118,7 +118,7 @@ def test_an_unknown_param_lists_the_workflows_params() -> None:
     [
         ({"workflow_name": "generate_dataset_with_pulid", "prompt": "x"}, "base_image_pod_path: required"),
         ({"workflow_name": "creation"}, "prompt: required"),
-        ({**CREATION, "sampler_name": "lcm"}, "sampler_name: 'lcm' is not served; supported: euler"),
+        ({**CREATION, "sampler_name": "lcm"}, "sampler_name: 'lcm' is not served, supported: euler"),
         ({**CREATION, "scheduler": "beta"}, "scheduler: 'beta' is not served"),
         ({"workflow_name": "creation", "params": ["x"]}, "params: expected a JSON object"),
     ],

@@ -84,7 +84,7 @@ def test_missing_type_and_non_object_input() -> None:
 
 def test_disabled_type_is_refused_with_what_is_served() -> None:
     message = error_of({"type": "music", "lyrics": "la", "tags": "x"}, enabled=("image",))
-    assert message == "type: 'music' is not served by this worker (WORKER_JOBS); valid: image"
+    assert message == "type: 'music' is not served by this worker (WORKER_JOBS), valid: image"
 
 
 def test_lyrics_with_sections_are_text_even_with_slashes() -> None:

@@ -26,8 +26,9 @@ class FieldIssue:
 
 
 def format_issues(issues: Iterable[FieldIssue]) -> str:
-    """The error text RunPod callers see."""
-    return SEPARATOR.join(str(issue) for issue in issues)
+    """The error text RunPod callers see. A reason's own "; " is written ", " so that every "; " in the text
+    separates two issues and `parse_issues` gives back exactly these."""
+    return SEPARATOR.join(f"{issue.field}: {issue.reason.replace(SEPARATOR, ', ')}" for issue in issues)
 
 
 def parse_issues(text: str) -> list[FieldIssue]:
