@@ -70,3 +70,10 @@ def test_many_problems_are_cut_to_the_bound_and_counted() -> None:
 def test_one_huge_reason_is_cut_to_the_bound() -> None:
     error = JobInputError("prompt", "x" * 5000)
     assert len(str(error)) == MAX_ERROR_CHARS and error.issues[0].reason == "x" * 5000
+
+
+@pytest.mark.parametrize("key", ["0", "a b", "é", "x: y", "9lives"])
+def test_an_unknown_key_the_wire_format_cannot_name_is_named_under_input(key: str) -> None:
+    message = refusal({"type": "image", "prompt": "x", key: 1})
+    assert message == f"input: {key!r}: unknown field"
+    assert [issue.field for issue in parse_issues(message)] == ["input"]

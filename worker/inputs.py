@@ -47,7 +47,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 MAX_REDIRECTS = 3
 MAX_NAME_BYTES = 255  # a longer file or folder name makes the file system raise ENAMETOOLONG
 OUTSIDE = "outside the volume"
-VOLUME_PATHS = "give a path under /runpod-volume/ or /workspace/, or one relative to the volume"
+VOLUME_PATHS = "(give a path under /runpod-volume/ or /workspace/, or one relative to the volume)"
 _CHUNK = 64 * 1024
 _URL_SAFE = "/?&=%:@!$'()*+,;~"
 
@@ -104,7 +104,7 @@ class VolumeFiles:
         if not any(target.is_relative_to(root) for root in self.roots):
             # the caller's own spelling is shown, unless it is an absolute path of this server
             shown = "" if path.is_absolute() else f"{quoted(raw)} is "
-            raise JobInputError(field, f"{shown}{OUTSIDE}; {VOLUME_PATHS}")
+            raise JobInputError(field, f"{shown}{OUTSIDE} {VOLUME_PATHS}")
         if not _exists(target, kind):
             raise JobInputError(field, f"no {_KINDS[kind]} {quoted(raw)} on the volume")
         return target

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.schemas import JobInputError
-from worker.schemas.common import QUOTE_CHARS, quoted
+from worker.schemas.common import QUOTE_CHARS, field_issue, quoted
 from worker_client.field_errors import FieldIssue
 
 log = logging.getLogger(__name__)
@@ -207,9 +207,13 @@ def envelope(raw: Any) -> Envelope | None:
     params.update(nested)
     unknown = sorted(str(key) for key in set(params) - workflow.params)
     if unknown:
-        raise JobInputError(
-            unknown[0][:QUOTE_CHARS],
-            f"not a param of workflow {name!r}; supported: {', '.join(sorted(workflow.params))}",
+        supported = ", ".join(sorted(workflow.params))
+        raise JobInputError.of(
+            [
+                field_issue(
+                    unknown[0][:QUOTE_CHARS], f"not a param of workflow {name!r}; supported: {supported}"
+                )
+            ]
         )
     missing = [param for param in workflow.required if param not in params]
     if missing:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from worker_client.field_errors import FieldIssue, format_issues
 
 MAX_SEED = 2**53 - 1  # JSON numbers are exact up to here
 MAX_PROMPT_CHARS = 4000
+_FIELD_NAME = re.compile(r"[A-Za-z_][\w.\[\]-]*")  # what worker_client.field_errors reads back as a field
 QUOTE_CHARS = 60  # a refused value is quoted at most this long: errors and log lines stay short
 MAX_ERROR_CHARS = 1000  # an error lists the issues that fit, then how many more there are
 
@@ -33,6 +35,14 @@ def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
     if len(text) <= limit:
         return repr(text) if isinstance(value, str) else text
     return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def field_issue(field: str, reason: str) -> FieldIssue:
+    """The issue of `field`; a name the wire format cannot carry as a field (an unknown key such as "0" or "a b")
+    is named under `input` instead, quoted in the reason."""
+    if _FIELD_NAME.fullmatch(field):
+        return FieldIssue(field, reason)
+    return FieldIssue("input", f"{quoted(field)}: {reason}")
 
 
 def _bounded(issues: tuple[FieldIssue, ...]) -> str:
@@ -103,5 +113,5 @@ def validation_issues(error: ValidationError) -> list[FieldIssue]:
             reason = _SHOULD_BE + " or ".join(message.removeprefix(_SHOULD_BE) for message in messages)
         else:
             reason = " or ".join(messages)
-        issues.append(FieldIssue(field, reason))
+        issues.append(field_issue(field, reason))
     return issues
