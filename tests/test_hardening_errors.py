@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from worker.config import Settings
 from worker.schemas import JobInputError, parse_job
+from worker.uploads import bucket_for
 from worker_client.field_errors import parse_issues
 
 MAX_ERROR_CHARS = 1000  # what a caller may rely on
@@ -77,3 +79,20 @@ def test_an_unknown_key_the_wire_format_cannot_name_is_named_under_input(key: st
     message = refusal({"type": "image", "prompt": "x", key: 1})
     assert message == f"input: {key!r}: unknown field"
     assert [issue.field for issue in parse_issues(message)] == ["input"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("http://127.0.0.1:99999", "not a valid URL (Port out of range"),
+        ("http://[::1", "not a valid URL (Invalid IPv6 URL)"),
+        (f"https://{'a' * 64}.example.com", "is not a valid host name"),
+        ("http://s3.example.com:port", "not a valid URL"),
+    ],
+)
+def test_a_bad_s3config_endpoint_is_a_field_error(endpoint: str, message: str) -> None:
+    s3_config = {"accessId": "AK", "accessSecret": "secret", "bucketName": "b", "endpointUrl": endpoint}
+    with pytest.raises(JobInputError) as caught:
+        bucket_for(s3_config, Settings())
+    assert str(caught.value).startswith("s3Config.endpointUrl: ") and message in str(caught.value)
+    assert "secret" not in str(caught.value)
