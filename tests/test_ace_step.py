@@ -169,8 +169,8 @@ def _silence_flac(seconds: float) -> bytes:
     [
         (lambda: base64.b64encode(b"this is not audio" * 40).decode(), "not readable WAV, FLAC, MP3 or OGG"),
         (lambda: data_uri(b""), "the audio is empty"),
-        (lambda: data_uri(wav_bytes(0.02, 44100)), "0.02 s of audio; at least 0.1 s"),
-        (lambda: data_uri(wav_bytes(0.5, 44100, channels=3)), "3 channels; send mono or stereo"),
+        (lambda: data_uri(wav_bytes(0.02, 44100)), "0.02 s of audio, at least 0.1 s"),
+        (lambda: data_uri(wav_bytes(0.5, 44100, channels=3)), "3 channels, send mono or stereo"),
         (lambda: data_uri(_silence_flac(601)), "601.0 s is longer than the 600 s limit"),
         (
             lambda: data_uri(_flac_with_unknown_length(601)),
@@ -204,11 +204,11 @@ def test_bad_reference_audio_is_a_field_error(ace_worker: Worker, make: Any, exp
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"topk": 20}, "topk: only for model 'heartmula'; 'ace-step' takes steps, guidance, batch"),
+        ({"topk": 20}, "topk: only for model 'heartmula', 'ace-step' takes steps, guidance, batch"),
         ({"cfg_scale": 2.0, "codec_steps": 4}, "cfg_scale: only for model 'heartmula'"),
         (
             {"model": "heartmula", "steps": 4},
-            "steps: only for model 'ace-step'; 'heartmula' takes temperature",
+            "steps: only for model 'ace-step', 'heartmula' takes temperature",
         ),
         ({"model": "heartmula", "reference_audio": "x.wav"}, "reference_audio: only for model 'ace-step'"),
         ({"model": "heartmula", "duration_s": 400}, "duration_s: at most 360 s for heartmula"),
@@ -218,7 +218,7 @@ def test_bad_reference_audio_is_a_field_error(ace_worker: Worker, make: Any, exp
         ({"cover_strength": 0.5}, "cover_strength: only for task 'cover'"),
         ({"batch": 9}, "batch: Input should be less than or equal to 8"),
         ({"guidance": 3.0}, "guidance: this turbo model has guidance built in"),
-        ({"lyrics": "la " * 1200}, "lyrics: 3624 tokens; ACE-Step reads at most 2048"),
+        ({"lyrics": "la " * 1200}, "lyrics: 3624 tokens, ACE-Step reads at most 2048"),
         ({"model": "ace step"}, "model: Input should be 'heartmula' or 'ace-step'"),
     ],
 )

@@ -153,5 +153,5 @@ def test_a_dataset_drawn_with_another_family_keeps_the_layout(session_volume: Pa
     assert index["model"] == model and [entry["seed"] for entry in index["images"]] == [4, 5]
     refused = worker.handle_sync({"id": "ds-ref", "input": {**job, "reference_image": "x.png"}})
     assert refused == {
-        "error": f"reference_image: the IP-Adapter is SDXL's; {model} jobs take no reference image"
+        "error": f"reference_image: the IP-Adapter is SDXL's, {model} jobs take no reference image"
     }

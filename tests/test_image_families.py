@@ -83,7 +83,7 @@ def test_negative_prompt_with_guidance_changes_a_z_image(image_worker: Worker) -
     [
         (
             {"model": "flux2-klein-4b", "guidance_scale": 3.5},
-            "guidance_scale: flux2-klein-4b is guidance-distilled and ignores it; leave it out",
+            "guidance_scale: flux2-klein-4b is guidance-distilled and ignores it, leave it out",
         ),
         (
             {"model": "flux2-klein-4b", "negative_prompt": "fog"},
@@ -95,11 +95,11 @@ def test_negative_prompt_with_guidance_changes_a_z_image(image_worker: Worker) -
         ),
         (
             {"model": "z-image-turbo", "checkpoint": "mine.safetensors"},
-            "checkpoint: single-file checkpoints are SDXL's; z-image-turbo jobs take none",
+            "checkpoint: single-file checkpoints are SDXL's, z-image-turbo jobs take none",
         ),
         (
             {"model": "z-image-turbo", "width": 72},
-            "width: must be a multiple of 16 for z-image-turbo (got 72; nearest: 64)",
+            "width: must be a multiple of 16 for z-image-turbo (got 72, nearest: 64)",
         ),
         ({"model": "flux2-klein-4b", "steps": 51}, "steps: at most 50 for flux2-klein-4b (default 4)"),
         (

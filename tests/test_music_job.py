@@ -102,7 +102,7 @@ def test_formats_decode(music_worker: Worker, fmt: str) -> None:
         ({"duration_s": 360.5}, "duration_s: at most 360 s for heartmula"),
         (
             {"steps": 8},
-            "steps: only for model 'ace-step'; 'heartmula' takes temperature, topk, cfg_scale, codec_steps",
+            "steps: only for model 'ace-step', 'heartmula' takes temperature, topk, cfg_scale, codec_steps",
         ),
         ({"duration_s": 0}, "duration_s: Input should be greater than 0"),
         ({"topk": 0}, "topk: "),

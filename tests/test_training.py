@@ -368,7 +368,7 @@ def test_bad_images_and_datasets_are_field_errors(chain: Chain, lab: Lab) -> Non
         ({"dataset_path": "datasets/empty"}, "dataset_path: no images"),
         (
             {"dataset_path": "datasets/uncaptioned", "auto_caption": False},
-            "dataset_path: 0002.png has no caption (0002.txt); add one, give trigger_word or leave auto_caption on",
+            "dataset_path: 0002.png has no caption (0002.txt), add one, give trigger_word or leave auto_caption on",
         ),
         ({"dataset_path": "datasets/damaged"}, "dataset_path[0001.png]: not a readable PNG"),
         ({"dataset_job_id": "never-ran"}, "dataset_job_id: no finished job 'never-ran'"),

@@ -67,7 +67,7 @@ def test_every_scheduler_runs(image_worker: Worker, scheduler: str) -> None:
 
 def test_bad_inputs_are_errors_and_the_worker_keeps_serving(image_worker: Worker) -> None:
     assert image_worker.handle_sync({"id": "bad-1", "input": {"type": "image", "prompt": "x", "width": 65}}) == {
-        "error": "width: must be a multiple of 8 (got 65; nearest: 64)"
+        "error": "width: must be a multiple of 8 (got 65, nearest: 64)"
     }
     assert image_worker.handle_sync({"id": "../escape", "input": SMALL})["error"].startswith("id: ")
     assert image_worker.handle_sync({"id": "bad-2", "input": {"type": "music", "lyrics": "la", "tags": "x"}}) == {
