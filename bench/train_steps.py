@@ -238,6 +238,7 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
         {**tiny, "targets": "kohya", "cache_latents": False},
         {**tiny, "targets": "kohya", "cache_latents": True},
     ]
+    configs = {"all": configs, "default": configs[-1:], "none": []}[args.tiny]
     if torch.cuda.is_available() and not args.skip_gpu:
         sdxl = {**base, "model": "sdxl", "resolution": 1024, "cache_latents": True, "targets": "kohya"}
         configs += [{**sdxl, "gradient_checkpointing": ckpt} for ckpt in (True, False)]
@@ -253,6 +254,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--tiny-resolution", type=int, default=256, help="training size of the tiny CPU runs")
     parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument(
+        "--tiny",
+        choices=("all", "default", "none"),
+        default="all",
+        help="which tiny CPU configurations: all side by side, the job's default only, or none (a GPU run)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

@@ -196,9 +196,9 @@ def plan(smoke: bool, work: Path, python: str) -> list[Step]:
     compiled = ["--compile", "default", *(["--backend", "eager"] if smoke else [])]
     train = [python, str(bench / "train_steps.py")]
     train += (
-        ["--steps", "1", "--warmup", "0", "--tiny-resolution", "64", "--skip-gpu"]
+        ["--steps", "1", "--warmup", "0", "--tiny-resolution", "64", "--skip-gpu", "--tiny", "default"]
         if smoke
-        else ["--steps", "4", "--warmup", "1"]
+        else ["--steps", "4", "--warmup", "1", "--tiny", "none"]
     )
     # every test file with a CUDA case (the whole folder would import test-only packages the GPU machine lacks)
     tests = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "mark.cuda" in p.read_text())
