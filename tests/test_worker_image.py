@@ -71,7 +71,7 @@ def test_bad_inputs_are_errors_and_the_worker_keeps_serving(image_worker: Worker
     }
     assert image_worker.handle_sync({"id": "../escape", "input": SMALL})["error"].startswith("id: ")
     assert image_worker.handle_sync({"id": "bad-2", "input": {"type": "music", "lyrics": "la", "tags": "x"}}) == {
-        "error": "type: 'music' is not served by this worker (WORKER_JOBS); valid: image"
+        "error": "type: 'music' is not served by this worker (WORKER_JOBS), valid: image"
     }
     assert not (image_worker.store.root / "bad-1").exists()
     assert "error" not in run(image_worker, "after-bad", seed=3)
