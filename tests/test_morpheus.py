@@ -78,8 +78,9 @@ def test_reference_workflows_map_onto_a_dataset_with_a_reference(name: str) -> N
         "scheduler": "euler_a",
         "reference_image": "/workspace/job_data/up/inputs/face.png",
         "reference_strength": 0.7,
+        "checkpoint": "x.safetensors",
     }
-    assert found.ignored == ("checkpoint_name", "pose_weight")
+    assert found.ignored == ("pose_weight",)
     parse_job(found.job_input)
 
 

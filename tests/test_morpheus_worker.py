@@ -170,3 +170,53 @@ def test_unserved_workflows_and_params_are_refused(worker: Worker) -> None:
     )
     bad = morpheus(worker, "mx-bad", "creation", **{**SMALL, "cfg_scale": 99})
     assert bad["error"].startswith("cfg_scale: ")
+
+
+def test_a_dataset_and_a_training_job_use_the_named_checkpoint(
+    session_volume: Path, checkpoints: Path
+) -> None:
+    """checkpoint_name reaches the dataset job, and a LoRA can be trained on the checkpoint it will be used with;
+    the base modules are back afterwards."""
+    from safetensors import safe_open
+
+    worker = Worker(
+        Settings(
+            volume_root=session_volume,
+            model_profile="tiny",
+            worker_jobs=("image", "dataset", "training"),
+            checkpoints_dir=checkpoints,
+        )
+    ).start()
+    small = {k: v for k, v in SMALL.items() if k != "prompt"}
+    base = morpheus(
+        worker, "ck-ds-base", "generate_dataset_from_scratch", prompt="a robot", dataset_size=1, **small
+    )
+    flipped = morpheus(
+        worker,
+        "ck-ds-flip",
+        "generate_dataset_from_scratch",
+        prompt="a robot",
+        dataset_size=1,
+        checkpoint_name="SDXL/tiny_flipped.safetensors",
+        **small,
+    )
+    assert "error" not in flipped, flipped
+    assert "checkpoint_name" not in flipped.get("ignored_params", [])
+    assert image_sha(flipped) != image_sha(base)
+
+    job = {"type": "training", "dataset_job_id": "ck-ds-base", "steps": 2, "rank": 2, "resolution": 64}
+    quiet = {"sample_grid": False, "auto_caption": False, "seed": 3}
+    trained = worker.handle_sync(
+        {"id": "ck-train", "input": {**job, **quiet, "checkpoint": "SDXL/tiny_flipped.safetensors"}}
+    )
+    assert "error" not in trained, trained
+    [lora] = [o for o in trained["outputs"] if o["kind"] == "lora" and "diffusers" not in o["relpath"]]
+    with safe_open(lora["path"], "pt") as handle:
+        assert handle.metadata()["ss_sd_model_name"] == "SDXL/tiny_flipped.safetensors"
+    other = worker.handle_sync({"id": "ck-train-base", "input": {**job, **quiet}})
+    assert "error" not in other, other
+    assert other["metrics"]["final_loss"] != trained["metrics"]["final_loss"]  # another UNet was trained
+    again = morpheus(
+        worker, "ck-ds-again", "generate_dataset_from_scratch", prompt="a robot", dataset_size=1, **small
+    )
+    assert image_sha(again) == image_sha(base)  # the base modules are back

@@ -93,6 +93,8 @@ def _dataset(params: dict[str, Any]) -> dict[str, Any]:
         out["subject"] = out.pop("prompt")
     if "base_image_pod_path" in params:
         out["reference_image"] = params["base_image_pod_path"]
+    if "checkpoint_name" in params:
+        out["checkpoint"] = params["checkpoint_name"]
     for weight in ("face_weight", "identity_weight"):
         if weight in params:
             out["reference_strength"] = params[weight]
@@ -129,11 +131,11 @@ _IMAGE_FIELDS = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "ch
 _DATASET_FIELDS = {
     "guidance_scale": "cfg_scale", "scheduler": "sampler_name", "subject": "prompt", "prompts": "prompt",
     "num_images": "dataset_size", "reference_image": "base_image_pod_path", "reference_strength": "face_weight",
+    "checkpoint": "checkpoint_name",
 }  # fmt: skip
 _SCRATCH = frozenset(_COMMON | _IGNORED | {"dataset_size"})
 _FROM_REFERENCE = frozenset(_SCRATCH | _REFERENCE)
-# the dataset job has no checkpoint field yet: its images come from the SDXL base whatever checkpoint_name says
-_DATASET_UNUSED = frozenset({"checkpoint_name"} | _UNUSED_REFERENCE)
+_DATASET_UNUSED = frozenset(_UNUSED_REFERENCE)
 
 WORKFLOWS: dict[str, Workflow] = {
     "creation": Workflow(

@@ -108,11 +108,13 @@ class DatasetPipeline:
         templates = job.prompts or list(DEFAULT_SHOTS)
         pipe, load_s = self.image.activate(job.model)
         started = time.perf_counter()
-        if reference is None:
-            entries, outputs = self._draw(job, ctx, pipe, seed, templates, None)
-        else:
-            with ip_adapter(pipe, self.ip_adapter_dir, job.reference_strength):
-                entries, outputs = self._draw(job, ctx, pipe, seed, templates, reference)
+        # a checkpoint's modules are taken out when the block ends, as for an image job
+        with self.image.checkpoints.applied(pipe, job.checkpoint):
+            if reference is None:
+                entries, outputs = self._draw(job, ctx, pipe, seed, templates, None)
+            else:
+                with ip_adapter(pipe, self.ip_adapter_dir, job.reference_strength):
+                    entries, outputs = self._draw(job, ctx, pipe, seed, templates, reference)
         draw_s = time.perf_counter() - started
         index = {
             "subject": job.subject,

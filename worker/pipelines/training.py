@@ -74,7 +74,8 @@ class TrainingPipeline:
             ctx.progress(done, total, phase="cache")
 
         started = time.perf_counter()
-        with LoraTrainer(pipe, settings) as trainer:
+        # trained on the checkpoint it will be used with; its modules (and the base's) are restored afterwards
+        with self.image.checkpoints.applied(pipe, job.checkpoint), LoraTrainer(pipe, settings) as trainer:
             if state is not None:
                 run.resume(state, trainer)
             data = TrainingData(
@@ -117,7 +118,7 @@ class TrainingPipeline:
         from worker.training.resume import Identity
 
         return Identity(
-            base_model="sdxl-tiny" if self.env.profile == "tiny" else BASE_MODEL,
+            base_model=job.checkpoint or ("sdxl-tiny" if self.env.profile == "tiny" else BASE_MODEL),
             rank=job.rank,
             alpha=settings.alpha,
             unet_targets=settings.unet_targets,

@@ -38,6 +38,13 @@ class DatasetJob(StrictInput):
     negative_prompt: str = Field(default=SDXL_NEGATIVE, max_length=MAX_PROMPT_CHARS)
     scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
     model: Literal[IMAGE_MODELS] = "sdxl-base"  # type: ignore[valid-type]
+    checkpoint: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Draw with this single-file SDXL checkpoint (a CHECKPOINTS_DIR name or a model reference) "
+        "instead of the base (Morpheus's checkpoint_name).",
+    )
     reference_image: str | None = Field(
         default=None,
         min_length=1,

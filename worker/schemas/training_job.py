@@ -49,6 +49,13 @@ class TrainingJob(StrictInput):
         description="Prepended to captions that lack it; the caption of images that have none.",
     )
     name: str = Field(default="lora", pattern=_NAME, description="The LoRA's file name.")
+    checkpoint: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Train on this single-file SDXL checkpoint (a CHECKPOINTS_DIR name or a model reference), the "
+        "one the LoRA will be used with, instead of the base.",
+    )
     rank: int = Field(default=16, ge=1, le=256)
     alpha: float | None = Field(default=None, gt=0.0, le=1024.0, description="Default: rank (scale 1).")
     steps: int = Field(default=500, ge=1, le=20000)
