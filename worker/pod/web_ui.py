@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from pydantic.fields import FieldInfo
 from worker.job_folders import UnsafePathError, safe_relpath, validate_job_id
 from worker.pod.job_queue import PodQueue, UnknownJobError
 from worker.schemas import JOB_MODELS
-from worker_client.field_errors import FieldIssue, parse_issues
+from worker_client.field_errors import parse_issues
 
 _PAGE = Path(__file__).with_name("ui_page.html")
 _CAPTION_CHARS = 2000
@@ -119,19 +118,6 @@ def _output_view(output: dict[str, Any], job_data: Path) -> dict[str, Any]:
     return view
 
 
-def field_issues(error: str, fields: Iterable[str]) -> list[FieldIssue]:
-    """The issues an error names, each with its whole reason: a clause that names no field of the job (a reason
-    that itself holds "; ", as in "(got 100; nearest: 104)") belongs to the clause before it."""
-    known = set(fields)
-    issues: list[FieldIssue] = []
-    for issue in parse_issues(error):
-        if issues and issue.field.split(".")[0] not in known:
-            issues[-1] = FieldIssue(issues[-1].field, f"{issues[-1].reason}; {issue}")
-        else:
-            issues.append(issue)
-    return issues
-
-
 def ui_router(queue: PodQueue) -> APIRouter:
     router = APIRouter()
     assert queue.worker is not None, "bind the queue to its worker first"
@@ -170,7 +156,6 @@ def ui_router(queue: PodQueue) -> APIRouter:
         except UnknownJobError:
             return JSONResponse({"error": f"id: no job {job_id} on record"}, status_code=404)
         error = body.get("error")
-        model = JOB_MODELS.get(queue.get(job_id).job_type)
         output = body.get("output") if body["status"] == "COMPLETED" else None
         view = {
             "id": job_id,
@@ -178,7 +163,7 @@ def ui_router(queue: PodQueue) -> APIRouter:
             "error": error,
             "issues": [
                 {"field": issue.field, "reason": issue.reason}
-                for issue in field_issues(error or "", model.model_fields if model else ())
+                for issue in parse_issues(error or "")
             ],
             "progress": body.get("output") if body["status"] == "IN_PROGRESS" else None,
             "outputs": [_output_view(item, job_data) for item in (output or {}).get("outputs", [])],
