@@ -25,6 +25,15 @@ _MAX_REDIRECTS = 8
 _TIMEOUT = (15.0, 60.0)  # connect, read (between two chunks)
 
 
+def is_public_address(address: str) -> bool:
+    """Whether an IP address is on the public internet: the one rule for every URL a job or a reference names
+    (the worker's image and upload URLs use it too). An IPv4-mapped IPv6 address is judged as the IPv4 it maps."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
 @dataclass(frozen=True)
 class Token:
     value: str = field(repr=False)
@@ -132,8 +141,7 @@ class Remote:
         except OSError:
             raise SourceError(f"{what}: cannot resolve {parts.hostname}") from None
         for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if not address.is_global:
+            if not is_public_address(info[4][0]):
                 raise SourceError(
                     f"{what}: {parts.hostname} is a private or loopback address (allowed with ALLOW_PRIVATE_URLS)"
                 )

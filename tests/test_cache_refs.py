@@ -344,3 +344,14 @@ def test_prefetched_models_are_never_evicted_and_the_budget_is_named(hub: FakeHu
     assert inventory.prune(other, 1_100_000) == [refs["c"].folder_name]
     entries = {e.name: e for e in inventory.entries(other)}
     assert entries[refs["a"].folder_name].pinned and entries[refs["a"].folder_name].source == refs["a"].text
+
+
+def test_one_public_address_rule_for_references_and_job_urls() -> None:
+    """The cache's reference downloads and the worker's image/upload URLs judge addresses by the same rule."""
+    from cache.remote import is_public_address
+    from worker import inputs
+
+    assert inputs.is_public_address is is_public_address
+    assert is_public_address("8.8.8.8") and is_public_address("2001:4860:4860::8888")
+    for private in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "::ffff:127.0.0.1", "224.0.0.251"):
+        assert not is_public_address(private), private

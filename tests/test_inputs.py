@@ -17,9 +17,9 @@ from typing import ClassVar
 import pytest
 from PIL import Image
 
+from cache.remote import is_public_address as is_public
 from worker.config import Settings
 from worker.inputs import InputLimits, VolumeFiles, decode_image, fetch_url, load_image, source_bytes
-from worker.inputs import _is_public as is_public
 from worker.schemas import JobInputError
 
 

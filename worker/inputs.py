@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
+from cache.remote import is_public_address
 from worker.schemas import JobInputError
 from worker.schemas.common import quoted
 
@@ -131,13 +132,6 @@ def _exists(target: Path, kind: str) -> bool:
     return target.is_dir() if kind == "dir" else target.is_file()
 
 
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
 def _endpoint(url: str, field: str) -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL, or a field error for what urllib or the IDNA codec would raise on."""
     try:
@@ -168,7 +162,7 @@ def _vetted_address(host: str, port: int, field: str, limits: InputLimits) -> st
     addresses = [str(info[4][0]) for info in infos]
     if limits.allow_private_urls:
         return addresses[0]
-    if not all(_is_public(address) for address in addresses):
+    if not all(is_public_address(address) for address in addresses):
         raise JobInputError(
             field,
             f"host {quoted(host)} resolves to a private, loopback or link-local address; refused "
