@@ -40,7 +40,7 @@ from .manifest import (
     ref_meta,
     write_json,
 )
-from .ref_sources import RefContext
+from .ref_sources import RefContext, RefSource
 from .refs import ModelRef, parse_ref
 from .remote import Remote
 from .safetensors_header import Want, kind_problem
@@ -129,6 +129,17 @@ class ModelCache:
             yield path
         finally:
             hold.release()
+
+    def describe(self, ref: str | ModelRef) -> dict:
+        """What a reference's source says about it (a repo's `pipeline` class, a CivitAI file's `baseModel`) before
+        anything is downloaded: from the published model, else from its recorded resolution (resolved now when
+        there is none; a warm reference makes no request)."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        spec = self.ref_spec(ref)
+        if (folder := self._ready(spec)) is not None:
+            return ref_meta(folder)
+        source = RefSource(spec.parts[0], RefContext(self.remote, self.models_dir / ".refs"))
+        return dict(source.list().meta)
 
     def prefetch(self, refs: Iterable[str], timeout: float) -> dict[str, Path]:
         """Fetch each reference (within one `timeout`) and keep it: never evicted, by this or another worker."""

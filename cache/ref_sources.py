@@ -120,9 +120,8 @@ class RefSource:
     def _resolve(self) -> dict:
         ref = self.ref
         if ref.kind in ("hf-repo", "hf-file"):
-            revision, files = _resolve_hub(self.remote, ref)
+            revision, files, meta = _resolve_hub(self.remote, ref)
             origin = f"hub {self.remote.hf_endpoint}/{ref.repo_id}"
-            meta: dict = {}
             exact = True
         elif ref.kind == "civitai":
             revision, files, meta = _resolve_civitai(self.remote, ref)
@@ -144,7 +143,7 @@ class RefSource:
         }
 
 
-def _resolve_hub(remote: Remote, ref: ModelRef) -> tuple[str, dict]:
+def _resolve_hub(remote: Remote, ref: ModelRef) -> tuple[str, dict, dict]:
     base = remote.hf_endpoint
     repo = ref.repo_id or ""
     what = f"hf:{repo}"
@@ -162,22 +161,30 @@ def _resolve_hub(remote: Remote, ref: ModelRef) -> tuple[str, dict]:
     tree = _hub_tree(
         remote, f"{base}/api/models/{repo}/tree/{commit}", folder, recursive=ref.path is None, what=what
     )
+    meta: dict[str, str] = {}
     if ref.path is not None:
         if ref.path not in tree:
             raise ModelNotFoundError(f"{ref.text}: {ref.path} is not in {repo} at commit {commit[:12]}")
         wanted = [ref.path]
     else:
+        if "model_index.json" not in tree:
+            raise ModelNotFoundError(
+                f"{ref.text}: {repo} has no model_index.json at commit {commit[:12]}, so it is not a diffusers "
+                "pipeline repo; name one file of it as hf:<owner>/<repo>/<file>.safetensors"
+            )
         index, _ = remote.get_json(
             f"{base}/{repo}/resolve/{commit}/model_index.json", what, token_for="HF_TOKEN"
         )
         wanted = diffusers_files(ref.text, tree, index)
+        # what the caller needs to know before the weights come: which pipeline the repo is (index is a dict now)
+        meta["pipeline"] = str(index.get("_class_name") or "")
 
     def entry(path: str) -> dict:
         size, sha256, oid = tree[path]
         url = f"{base}/{repo}/resolve/{commit}/{quote(path)}"
         return {"size": size, "sha256": sha256, "git_oid": None if sha256 else oid, "url": url}
 
-    return commit, {(PurePosixPath(p).name if ref.path else p): entry(p) for p in wanted}
+    return commit, {(PurePosixPath(p).name if ref.path else p): entry(p) for p in wanted}, meta
 
 
 def _hub_tree(remote: Remote, url: str, folder: str, *, recursive: bool, what: str) -> dict:

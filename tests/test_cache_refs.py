@@ -21,6 +21,7 @@ from cache import (
     LayoutError,
     ModelCache,
     ModelKindError,
+    ModelNotFoundError,
     RefError,
     SourceError,
     VerificationError,
@@ -206,6 +207,34 @@ def test_a_diffusers_repo_brings_only_what_the_pipeline_loads(hub: FakeHub, tmp_
         "vae/config.json",
         "vae/diffusion_pytorch_model.safetensors",
     ]
+
+
+def test_a_repo_is_described_before_its_weights_come(hub: FakeHub, tmp_path: Path) -> None:
+    """`describe` says which pipeline a repo is from its resolution alone; once warm, it makes no request."""
+    index = {"_class_name": "ZImagePipeline", "transformer": ["diffusers", "ZImageTransformer2DModel"]}
+    weights = random_bytes(2, 4000)
+    files = {
+        "model_index.json": json.dumps(index).encode(),
+        "transformer/config.json": b"{}",
+        "transformer/diffusion_pytorch_model.safetensors": weights,
+    }
+    hub.add(FakeRepo("org/described", files))
+    cache = make_cache(tmp_path / "models", hub)
+
+    assert cache.describe("hf:org/described") == {"pipeline": "ZImagePipeline"}
+    assert hub.stats.file_bytes == len(files["model_index.json"])  # the index alone
+    hub.reset_stats()
+    assert cache.describe("hf:org/described")["pipeline"] == "ZImagePipeline"  # the recorded resolution
+    folder = cache.fetch("hf:org/described", timeout=30)
+    assert hub.stats.requests["api"] == 0
+    hub.reset_stats()
+    assert make_cache(tmp_path / "models", hub).describe("hf:org/described")["pipeline"] == "ZImagePipeline"
+    assert hub.stats.total_requests == 0 and (folder / "transformer").is_dir()
+    hub.add(FakeRepo("org/no-index", {"unet/diffusion_pytorch_model.safetensors": weights}))
+    with pytest.raises(
+        ModelNotFoundError, match="org/no-index has no model_index.json at commit [0-9a-f]{12}"
+    ):
+        cache.describe("hf:org/no-index")
 
 
 def test_civitai_needs_its_token_which_never_reaches_the_cdn(

@@ -114,7 +114,11 @@ def test_negative_prompt_with_guidance_changes_a_z_image(image_worker: Worker) -
             {"scheduler": "lcm"},
             "scheduler: sdxl-base supports euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddim, unipc",
         ),
-        ({"model": "sd3"}, "model: Input should be 'sdxl-base', 'z-image-turbo' or 'flux2-klein-4b'"),
+        (
+            {"model": "sd3"},
+            "model: unknown model 'sd3' (valid: sdxl-base, z-image-turbo, flux2-klein-4b, or "
+            "hf:<owner>/<repo>[@<revision>])",
+        ),
     ],
 )
 def test_fields_a_family_ignores_or_bounds_it_breaks_are_refused(

@@ -300,6 +300,9 @@ def test_forms_are_built_from_the_schema_fields(pod: RunningPod) -> None:
     assert [field["name"] for field in served[0]["fields"]] == [
         name for name in ImageJob.model_fields if name != "type"
     ]
+    model = next(field for field in served[0]["fields"] if field["name"] == "model")
+    # free text (a repo reference), offered the catalog families
+    assert (model["widget"], model["choices"]) == ("text", ["sdxl-base", "z-image-turbo", "flux2-klein-4b"])
 
 
 def test_ui_job_view_names_the_fields_and_serves_only_job_files(pod: RunningPod) -> None:

@@ -20,6 +20,7 @@ from cache import (
     ModelCache,
     ModelKindError,
     ModelNotFoundError,
+    ModelRef,
     RefError,
     RevisionNotFoundError,
     VerificationError,
@@ -58,17 +59,29 @@ class ModelRefs:
     def for_volume(cls, settings: Settings, volume: Volume) -> ModelRefs:
         return cls(ModelCache.from_settings(volume.models_dir, settings.cache_settings()), settings)
 
+    def describe(self, text: str, field: str) -> dict:
+        """What the reference's source says about it, before any download (`ModelCache.describe`)."""
+        ref = self._allowed(text, field)
+        try:
+            return self.cache.describe(ref)
+        except _CALLER_ERRORS as err:
+            raise JobInputError(field, str(err)) from None
+
     @contextmanager
     def use(self, text: str, want: Want | None, field: str) -> Iterator[Path]:
-        try:
-            ref = parse_ref(text)
-        except RefError as err:
-            raise JobInputError(field, str(err)) from None
-        if problem := source_problem(ref, self.sources):
-            raise JobInputError(field, problem)
+        ref = self._allowed(text, field)
         with ExitStack() as held:
             try:
                 path = held.enter_context(self.cache.use(ref, self.timeout, want))
             except _CALLER_ERRORS as err:
                 raise JobInputError(field, str(err)) from None
             yield path
+
+    def _allowed(self, text: str, field: str) -> ModelRef:
+        try:
+            ref = parse_ref(text)
+        except RefError as err:
+            raise JobInputError(field, str(err)) from None
+        if problem := source_problem(ref, self.sources):
+            raise JobInputError(field, problem)
+        return ref

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.pipelines.image_families import is_repo_model
 from worker.schemas import JobInputError
 from worker.schemas.common import QUOTE_CHARS, field_issue, quoted
 from worker_client.field_errors import FieldIssue
@@ -73,11 +74,17 @@ def _sampling(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _checkpoint(params: dict[str, Any]) -> dict[str, Any]:
+    """Morpheus's checkpoint_name in our terms: a diffusers repo reference is the job's `model`, anything else
+    (a file name, a single-file reference) its `checkpoint`."""
+    if "checkpoint_name" not in params:
+        return {}
+    name = params["checkpoint_name"]
+    return {"model" if is_repo_model(name) else "checkpoint": name}
+
+
 def _image(params: dict[str, Any]) -> dict[str, Any]:
-    out = {"type": "image", **_sampling(params)}
-    if "checkpoint_name" in params:
-        out["checkpoint"] = params["checkpoint_name"]
-    return out
+    return {"type": "image", **_sampling(params), **_checkpoint(params)}
 
 
 def _dataset(params: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +100,7 @@ def _dataset(params: dict[str, Any]) -> dict[str, Any]:
         out["subject"] = out.pop("prompt")
     if "base_image_pod_path" in params:
         out["reference_image"] = params["base_image_pod_path"]
-    if "checkpoint_name" in params:
-        out["checkpoint"] = params["checkpoint_name"]
+    out.update(_checkpoint(params))
     for weight in ("face_weight", "identity_weight"):
         if weight in params:
             out["reference_strength"] = params[weight]
@@ -127,11 +133,14 @@ class Workflow:
     unused: frozenset[str] = frozenset()
 
 
-_IMAGE_FIELDS = {"guidance_scale": "cfg_scale", "scheduler": "sampler_name", "checkpoint": "checkpoint_name"}
+_IMAGE_FIELDS = {
+    "guidance_scale": "cfg_scale", "scheduler": "sampler_name", "checkpoint": "checkpoint_name",
+    "model": "checkpoint_name",
+}  # fmt: skip
 _DATASET_FIELDS = {
     "guidance_scale": "cfg_scale", "scheduler": "sampler_name", "subject": "prompt", "prompts": "prompt",
     "num_images": "dataset_size", "reference_image": "base_image_pod_path", "reference_strength": "face_weight",
-    "checkpoint": "checkpoint_name",
+    "checkpoint": "checkpoint_name", "model": "checkpoint_name",
 }  # fmt: skip
 _SCRATCH = frozenset(_COMMON | _IGNORED | {"dataset_size"})
 _FROM_REFERENCE = frozenset(_SCRATCH | _REFERENCE)

@@ -20,20 +20,19 @@ from worker.inputs import VolumeFiles
 from worker.intake import JobRequest, read_request
 from worker.job_folders import DiskFullError, JobFolder, JobStore, UnsafePathError
 from worker.pipelines import REGISTRY, pipeline_class
-from worker.pipelines.base import JobCancelled, JobContext, LoadEnv, Pipeline, PipelineOutput, Progress
+from worker.pipelines.base import (
+    JobCancelled,
+    JobContext,
+    LoadEnv,
+    Pipeline,
+    PipelineOutput,
+    Progress,
+    is_out_of_memory,
+)
 from worker.schemas import JobInputError, JobResult
 from worker.schemas.common import QUOTE_CHARS
 
 log = logging.getLogger(__name__)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    """torch.OutOfMemoryError (CUDA), or the CPU allocator's refusal, which torch raises as a RuntimeError."""
-    return (
-        isinstance(error, MemoryError)
-        or type(error).__name__ == "OutOfMemoryError"
-        or "can't allocate memory" in str(error)
-    )
 
 
 def _free_accelerator_memory() -> None:
@@ -201,7 +200,7 @@ class Worker:
         except Exception as error:  # noqa: BLE001 - any failure becomes the job's error; the worker keeps serving
             if folder is not None:
                 folder.discard()
-            if _is_out_of_memory(error):
+            if is_out_of_memory(error):
                 _free_accelerator_memory()
                 log.error("job %s: out of memory; asking RunPod to replace this worker", job_id)
                 return {

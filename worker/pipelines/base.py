@@ -52,6 +52,15 @@ class Progress:
         self._sink({"step": step, "total": total, **extra})
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA), or the CPU allocator's refusal, which torch raises as a RuntimeError."""
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in str(error)
+    )
+
+
 @dataclass
 class JobContext:
     """Per-job services handed to `Pipeline.run`: the request it came in, its folder, progress and cancel."""

@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 from worker.inputs import InputLimits, load_image
 from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, resolve_seed
+from worker.pipelines.family_loader import Resident
 from worker.pipelines.image import draw_args, encode_image
-from worker.pipelines.image_families import FAMILIES
+from worker.pipelines.image_families import is_repo_model
 from worker.schemas import DatasetJob, OutputFile
 
 IP_ADAPTER_MODEL = "ip-adapter-sdxl"
@@ -101,20 +102,24 @@ class DatasetPipeline:
         self.volume = env.files
 
     def run(self, job: DatasetJob, ctx: JobContext) -> PipelineOutput:
+        with self.image.resident_for(job) as (ready, resident, load_s):
+            return self._make(ready, ctx, resident, load_s)
+
+    def _make(self, job: DatasetJob, ctx: JobContext, resident: Resident, load_s: float) -> PipelineOutput:
         seed = resolve_seed(job.seed)
         reference = None
         if job.reference_image is not None:
             reference = load_image(job.reference_image, "reference_image", self.limits, self.volume)
         templates = job.prompts or list(DEFAULT_SHOTS)
-        pipe, load_s = self.image.activate(job.model)
+        pipe = resident.pipe
         started = time.perf_counter()
         # a checkpoint's modules are taken out when the block ends, as for an image job
         with self.image.checkpoints.applied(pipe, job.checkpoint):
             if reference is None:
-                entries, outputs = self._draw(job, ctx, pipe, seed, templates, None)
+                entries, outputs = self._draw(job, ctx, resident, seed, templates, None)
             else:
                 with ip_adapter(pipe, self.ip_adapter_dir, job.reference_strength):
-                    entries, outputs = self._draw(job, ctx, pipe, seed, templates, reference)
+                    entries, outputs = self._draw(job, ctx, resident, seed, templates, reference)
         draw_s = time.perf_counter() - started
         index = {
             "subject": job.subject,
@@ -150,6 +155,7 @@ class DatasetPipeline:
             fields={
                 "seed": seed,
                 "model": job.model,
+                **({"family": resident.family.name} if is_repo_model(job.model) else {}),
                 "num_images": job.num_images,
                 "dataset_dir": str(ctx.folder.path / FOLDER),
                 "trigger_word": job.trigger_word,
@@ -157,9 +163,15 @@ class DatasetPipeline:
         )
 
     def _draw(
-        self, job: DatasetJob, ctx: JobContext, pipe: Any, seed: int, templates: list[str], reference: Any
+        self,
+        job: DatasetJob,
+        ctx: JobContext,
+        resident: Resident,
+        seed: int,
+        templates: list[str],
+        reference: Any,
     ) -> tuple[list[dict[str, Any]], list[OutputFile]]:
-        family = FAMILIES[job.model]
+        family, pipe = resident.family, resident.pipe
         self.image.use_scheduler(job.scheduler)
         total = job.num_images * job.steps
         extra = {"ip_adapter_image": reference} if reference is not None else {}

@@ -1,13 +1,14 @@
-"""One image model family resident at a time: loading a family's diffusers pipeline, and switching families.
+"""One image model resident at a time: loading a family's diffusers pipeline, and switching models.
 
-A switch fetches the new family through the model cache first (a failed fetch leaves the old one resident), then
-drops every reference to the old pipeline, collects it and returns its accelerator memory before loading the new
-one, so two families are never held at once.
+A model is a catalog family or a diffusers repo of one (a job's `hf:` model). A switch fetches the new model
+through the model cache first (a failed fetch leaves the old one resident), then drops every reference to the old
+pipeline, collects it and returns its accelerator memory before loading the new one, so two are never held at once.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -47,15 +48,26 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def repo_pipeline_class(folder: Path) -> str:
+    """The pipeline class a diffusers folder's model_index.json names ("" when it names none)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(index.get("_class_name") or "") if isinstance(index, dict) else ""
+
+
 @dataclass
 class Resident:
+    key: str  # the catalog family's name, or the repo reference it was loaded from
     family: Family
     pipe: Any
     scheduler_config: dict[str, Any]
 
 
 class FamilyLoader:
-    """Holds the resident family; `activate(name)` makes `name` resident, switching when another one is."""
+    """Holds the resident model; `activate(name)` makes catalog family `name` resident, `activate_folder` a repo's
+    folder of a family, switching when another model is resident."""
 
     def __init__(
         self, models: Callable[[str], Path], device: str, on_release: Callable[[str], None] | None = None
@@ -67,22 +79,29 @@ class FamilyLoader:
 
     def activate(self, name: str) -> tuple[Resident, float]:
         """The resident `name` and the seconds it took to make it so (0 when it already was)."""
-        if self.resident is not None and self.resident.family.name == name:
+        return self._make_resident(name, FAMILIES[name], lambda: self.models(name))
+
+    def activate_folder(self, key: str, family: Family, folder: Path) -> tuple[Resident, float]:
+        """The resident pipeline of `family` loaded from `folder` (a fetched repo), known by `key`."""
+        return self._make_resident(key, family, lambda: folder)
+
+    def _make_resident(self, key: str, family: Family, fetch: Callable[[], Path]) -> tuple[Resident, float]:
+        if self.resident is not None and self.resident.key == key:
             return self.resident, 0.0
-        family = FAMILIES[name]
         started = time.perf_counter()
-        path = self.models(name)
+        path = fetch()
         self.release()
         pipe = load_family(family, path, self.device)
-        self.resident = Resident(family, pipe, dict(pipe.scheduler.config))
+        self.resident = Resident(key, family, pipe, dict(pipe.scheduler.config))
         load_s = time.perf_counter() - started
-        log.info("image model %s resident in %.2fs", name, load_s)
+        label = key if key == family.name else f"{key} ({family.name})"
+        log.info("image model %s resident in %.2fs", label, load_s)
         return self.resident, load_s
 
     def release(self) -> None:
         if self.resident is None:
             return
-        name = self.resident.family.name
+        name = self.resident.key
         self.resident = None
         if self.on_release is not None:
             self.on_release(name)

@@ -1,9 +1,9 @@
 """Text to image with the resident diffusers pipeline of one image model family (SDXL, Z-Image, FLUX.2 [klein]).
 
-One family is resident at a time (`family_loader.FamilyLoader`); a job of another family switches, and the time
-that took is the job's `metrics.load_s`. IMAGE_MODELS are fetched at start and the first of them loaded; the
-others are fetched through the model cache on their first job. The dataset and training pipelines borrow SDXL
-through `.sdxl`, which makes SDXL resident when it is not.
+One model is resident at a time (`family_loader.FamilyLoader`); a job of another switches, and the time that took
+is the job's `metrics.load_s`. IMAGE_MODELS are fetched at start and the first of them loaded; the others are
+fetched through the model cache on their first job, and so is a job's `hf:` repo, whose model_index.json says its
+family. The dataset and training pipelines borrow SDXL through `.sdxl`, which makes SDXL resident when it is not.
 """
 
 from __future__ import annotations
@@ -11,17 +11,21 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, resolve_seed
-from worker.pipelines.family_loader import FamilyLoader, load_family
-from worker.pipelines.image_families import FAMILIES, Family
-from worker.schemas import ImageJob
+from worker.pipelines.base import JobContext, LoadEnv, PipelineOutput, is_out_of_memory, resolve_seed
+from worker.pipelines.family_loader import FamilyLoader, Resident, load_family, repo_pipeline_class
+from worker.pipelines.image_families import FAMILIES, Family, family_for_pipeline, is_repo_model
+from worker.schemas import DatasetJob, ImageJob, JobInputError, with_repo_family
 
 log = logging.getLogger(__name__)
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+DrawJob = TypeVar("DrawJob", ImageJob, DatasetJob)
 
 
 def load_sdxl(path: Path, device: str) -> Any:
@@ -69,12 +73,14 @@ class ImagePipeline:
         self.families: FamilyLoader | None = None
         self.loras: Any = None
         self.checkpoints: Any = None
+        self.refs: Any = None
 
     def load(self, env: LoadEnv) -> None:
         from worker.pipelines.checkpoints import Checkpoints
         from worker.pipelines.image_loras import LoraLoader
 
         self.device = env.device
+        self.refs = env.refs
         self.loras = LoraLoader(env.store, env.files, env.refs)
         self.checkpoints = Checkpoints.from_settings(
             env.settings, env.volume.root, lambda: env.models("sdxl-base"), env.device, env.refs
@@ -94,6 +100,41 @@ class ImagePipeline:
         assert self.families is not None, "load() first"
         resident, load_s = self.families.activate(model)
         return resident.pipe, load_s
+
+    @contextmanager
+    def resident_for(self, job: DrawJob) -> Iterator[tuple[DrawJob, Resident, float]]:
+        """The job's model made resident, for the block: the job as it will run (a repo `model`'s job validated
+        again with the defaults and bounds of the repo's family), the resident model, and the switch's seconds.
+
+        A repo is fetched through the model cache and held for the block; a job its family cannot run is refused
+        before the download when the repo's resolution names its pipeline already."""
+        assert self.families is not None, "load() first"
+        if not is_repo_model(job.model):
+            resident, load_s = self.families.activate(job.model)
+            yield job, resident, load_s
+            return
+        resident = self.families.resident
+        if resident is not None and resident.key == job.model:
+            yield with_repo_family(job, resident.family.name), resident, 0.0
+            return
+        started = time.perf_counter()
+        if named := self.refs.describe(job.model, "model").get("pipeline"):
+            with_repo_family(job, _repo_family(named, job.model).name)  # raises for a job it cannot run
+        with self.refs.use(job.model, None, "model") as folder:
+            family = _repo_family(repo_pipeline_class(folder), job.model)
+            job = with_repo_family(job, family.name)
+            try:
+                resident, _ = self.families.activate_folder(job.model, family, folder)
+            except Exception as err:
+                if is_out_of_memory(err):
+                    raise
+                # the caller's repo, not the worker, is what failed: its own message, without the volume's paths
+                first_line = str(err).replace(str(folder), job.model).splitlines()[0] if str(err) else ""
+                raise JobInputError(
+                    "model",
+                    f"{job.model} does not load as {family.pipeline_class}: {type(err).__name__} {first_line}",
+                ) from err
+            yield job, resident, time.perf_counter() - started
 
     @property
     def sdxl(self) -> Any:
@@ -128,9 +169,12 @@ class ImagePipeline:
         return on_step_end
 
     def run(self, job: ImageJob, ctx: JobContext) -> PipelineOutput:
-        family = FAMILIES[job.model]
+        with self.resident_for(job) as (ready, resident, load_s):
+            return self._draw(ready, ctx, resident, load_s)
+
+    def _draw(self, job: ImageJob, ctx: JobContext, resident: Resident, load_s: float) -> PipelineOutput:
+        family, pipe = resident.family, resident.pipe
         seed = resolve_seed(job.seed)
-        pipe, load_s = self.activate(job.model)
         self.use_scheduler(job.scheduler)
         ctx.check_cancelled()
         args = draw_args(
@@ -170,4 +214,14 @@ class ImagePipeline:
         }
         if load_s:
             metrics["load_s"] = round(load_s, 4)  # this job's family switch, in place of the worker's 0
-        return PipelineOutput(outputs=outputs, metrics=metrics, fields={"seed": seed, "model": job.model})
+        fields = {"seed": seed, "model": job.model}
+        if is_repo_model(job.model):
+            fields["family"] = family.name
+        return PipelineOutput(outputs=outputs, metrics=metrics, fields=fields)
+
+
+def _repo_family(pipeline_class: str, model: str) -> Family:
+    try:
+        return family_for_pipeline(pipeline_class, model)
+    except ValueError as err:
+        raise JobInputError("model", str(err)) from None

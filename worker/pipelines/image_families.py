@@ -164,6 +164,21 @@ def family_for_checkpoint(name: str) -> str | None:
     return None
 
 
+def family_for_pipeline(class_name: str, what: str) -> Family:
+    """The family of a diffusers repo whose model_index.json names pipeline `class_name`; ValueError when no
+    family's pipeline is that one."""
+    for family in FAMILIES.values():
+        if family.pipeline_class == class_name:
+            return family
+    supported = ", ".join(f"{f.pipeline_class} ({f.name})" for f in FAMILIES.values())
+    raise ValueError(f"{what} is a {class_name or 'unnamed'} pipeline (supported: {supported})")
+
+
+def is_repo_model(value: object) -> bool:
+    """Whether a job's `model` names a diffusers repo (`hf:<owner>/<repo>`) rather than a catalog family."""
+    return isinstance(value, str) and value.strip().lower().startswith("hf:")
+
+
 def lora_family(keys: Iterable[str]) -> str | None:
     """The family whose module names most of a LoRA's keys carry; None when no family's do."""
     counts = dict.fromkeys(FAMILIES, 0)
@@ -190,10 +205,22 @@ def _refuse(issues: list[tuple[str, str]], data: dict[str, Any]) -> ValidationEr
     )
 
 
-def fill_family_defaults(data: Any, job_type: Literal["image", "dataset"]) -> Any:
+def job_family(model: object, repo_family: str | None) -> Family | None:
+    """The family a job draws with: its catalog `model`, or the family its repo `model` turned out to be (None
+    while that is not known yet, or for a value the field's own check refuses)."""
+    if is_repo_model(model):
+        return FAMILIES[repo_family] if repo_family else None
+    return FAMILIES.get(model) if isinstance(model, str) else None
+
+
+def fill_family_defaults(
+    data: Any, job_type: Literal["image", "dataset"], repo_family: str | None = None
+) -> Any:
     """A raw image or dataset input with its family's defaults filled in; fields the family ignores are refused.
 
-    Runs before field validation: a value of the wrong type is left for the field's own check."""
+    Runs before field validation: a value of the wrong type is left for the field's own check. A job whose
+    `model` is a repo gets its family's defaults once the repo's pipeline is known (`repo_family`); until then
+    the fields keep their own (SDXL's) defaults and no family rule applies."""
     if not isinstance(data, dict):
         return data
     data = dict(data)
@@ -202,9 +229,13 @@ def fill_family_defaults(data: Any, job_type: Literal["image", "dataset"]) -> An
     if "model" not in data and named:
         data["model"] = named
         del data["checkpoint"]
-    family = (
-        FAMILIES.get(data.get("model", DEFAULT_MODEL)) if isinstance(data.get("model", ""), str) else None
-    )
+    model = data.get("model", DEFAULT_MODEL)
+    if is_repo_model(model) and data.get("checkpoint") is not None:
+        reason = (
+            "leave it out when model is a repo (a single-file checkpoint replaces the base model's weights)"
+        )
+        raise _refuse([("checkpoint", reason)], data)
+    family = job_family(model, repo_family)
     if family is None:
         return data
     issues: list[tuple[str, str]] = []
@@ -245,9 +276,11 @@ def fill_family_defaults(data: Any, job_type: Literal["image", "dataset"]) -> An
     return {**defaults, **data}
 
 
-def check_family_bounds(values: dict[str, Any]) -> None:
+def check_family_bounds(values: dict[str, Any], repo_family: str | None = None) -> None:
     """Refuse validated values outside the family's bounds (steps, size multiple, scheduler)."""
-    family = FAMILIES[values["model"]]
+    family = job_family(values["model"], repo_family)
+    if family is None:
+        return
     issues: list[tuple[str, str]] = []
     if values["steps"] > family.max_steps:
         issues.append(("steps", f"at most {family.max_steps} for {family.name} (default {family.steps})"))

@@ -92,6 +92,8 @@ def form_spec(model: type[BaseModel]) -> list[dict[str, Any]]:
         widget, choices = _widget(info.annotation)
         if name == "type":
             continue
+        if widget == "text" and info.examples:  # free text, offered its usual values (a datalist)
+            choices = [str(example) for example in info.examples]
         fields.append(
             {
                 "name": name,
@@ -161,10 +163,7 @@ def ui_router(queue: PodQueue) -> APIRouter:
             "id": job_id,
             "status": body["status"],
             "error": error,
-            "issues": [
-                {"field": issue.field, "reason": issue.reason}
-                for issue in parse_issues(error or "")
-            ],
+            "issues": [{"field": issue.field, "reason": issue.reason} for issue in parse_issues(error or "")],
             "progress": body.get("output") if body["status"] == "IN_PROGRESS" else None,
             "outputs": [_output_view(item, job_data) for item in (output or {}).get("outputs", [])],
             "result": output,

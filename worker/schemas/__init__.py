@@ -19,7 +19,7 @@ from worker.schemas.common import (
     validation_issues,
 )
 from worker.schemas.dataset_job import DatasetJob
-from worker.schemas.image_job import IMAGE_MODELS, IMAGE_SCHEDULERS, ImageJob, LoraRef
+from worker.schemas.image_job import IMAGE_MODELS, IMAGE_SCHEDULERS, ImageJob, LoraRef, with_repo_family
 from worker.schemas.music_job import MusicJob
 from worker.schemas.result import JobResult, OutputFile
 from worker.schemas.training_job import MAX_TRAINING_IMAGES, TrainingImage, TrainingJob
@@ -39,7 +39,7 @@ if tuple(sorted(JOB_MODELS)) != tuple(sorted(JOB_TYPES)):
 __all__ = [
     "IMAGE_MODELS", "IMAGE_SCHEDULERS", "JOB_MODELS", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_TRAINING_IMAGES",
     "DatasetJob", "ImageJob", "JobInputError", "JobResult", "LoraRef", "MusicJob", "OutputFile", "StrictInput",
-    "TrainingImage", "TrainingJob", "parse_job",
+    "TrainingImage", "TrainingJob", "parse_job", "with_repo_family",
 ]  # fmt: skip
 
 

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from worker.pipelines.image_families import SDXL_NEGATIVE, check_family_bounds, fill_family_defaults
 from worker.schemas.common import MAX_PROMPT_CHARS, Seed, Side, StrictInput, multiple_of_8
-from worker.schemas.image_job import IMAGE_MODELS, IMAGE_SCHEDULERS
+from worker.schemas.image_job import (
+    IMAGE_MODELS,
+    IMAGE_SCHEDULERS,
+    MODEL_DESCRIPTION,
+    image_model,
+    repo_family,
+)
 
 
 class DatasetJob(StrictInput):
@@ -37,7 +43,13 @@ class DatasetJob(StrictInput):
     guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
     negative_prompt: str = Field(default=SDXL_NEGATIVE, max_length=MAX_PROMPT_CHARS)
     scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
-    model: Literal[IMAGE_MODELS] = "sdxl-base"  # type: ignore[valid-type]
+    model: str = Field(
+        default="sdxl-base",
+        min_length=1,
+        max_length=300,
+        description=MODEL_DESCRIPTION,
+        examples=list(IMAGE_MODELS),
+    )
     checkpoint: str | None = Field(
         default=None,
         min_length=1,
@@ -54,13 +66,14 @@ class DatasetJob(StrictInput):
     zip: bool = Field(default=False, description="Also write dataset.zip.")
 
     _check_width = field_validator("width", "height")(multiple_of_8)
+    _check_model = field_validator("model")(image_model)
 
     @model_validator(mode="before")
     @classmethod
-    def _family_defaults(cls, data: Any) -> Any:
-        return fill_family_defaults(data, "dataset")
+    def _family_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        return fill_family_defaults(data, "dataset", repo_family(info))
 
     @model_validator(mode="after")
-    def _family_bounds(self) -> DatasetJob:
-        check_family_bounds(self.__dict__)
+    def _family_bounds(self, info: ValidationInfo) -> DatasetJob:
+        check_family_bounds(self.__dict__, repo_family(info))
         return self

@@ -7,21 +7,78 @@ The field defaults below are SDXL's; a job naming another `model` gets that fami
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from cache.refs import RefError, is_ref, parse_ref
 from worker.pipelines.image_families import (
     IMAGE_MODELS,
     SCHEDULER_NAMES,
     check_family_bounds,
     fill_family_defaults,
+    is_repo_model,
 )
-from worker.schemas.common import MAX_PROMPT_CHARS, Seed, Side, StrictInput, multiple_of_8
+from worker.schemas.common import (
+    MAX_PROMPT_CHARS,
+    JobInputError,
+    Seed,
+    Side,
+    StrictInput,
+    multiple_of_8,
+    quoted,
+    validation_issues,
+)
 
 IMAGE_SCHEDULERS = SCHEDULER_NAMES
 
-__all__ = ["IMAGE_MODELS", "IMAGE_SCHEDULERS", "ImageJob", "LoraRef"]
+__all__ = [
+    "IMAGE_MODELS", "IMAGE_SCHEDULERS", "MODEL_DESCRIPTION", "ImageJob", "LoraRef", "image_model", "repo_family",
+    "with_repo_family",
+]  # fmt: skip
+
+Job = TypeVar("Job", bound=StrictInput)
+
+MODEL_DESCRIPTION = (
+    "A catalog family (sdxl-base, z-image-turbo, flux2-klein-4b), or hf:<owner>/<repo>[@<revision>]: a diffusers "
+    "repo of one of those families (read from its model_index.json), whose defaults and bounds then apply."
+)
+
+
+def image_model(value: str) -> str:
+    """A job's `model`: a catalog family's name, or a diffusers repo reference in its canonical form."""
+    if value in IMAGE_MODELS:
+        return value
+    if is_repo_model(value):
+        try:
+            ref = parse_ref(value)
+        except RefError as err:
+            raise ValueError(str(err)) from None
+        if ref.kind == "hf-repo":
+            return ref.text
+    if is_ref(value):
+        raise ValueError(
+            f"{quoted(value)} names one file, but model takes a diffusers repo, hf:<owner>/<repo>[@<revision>] "
+            "(a single-file checkpoint goes in checkpoint)"
+        )
+    raise ValueError(
+        f"unknown model {quoted(value)} (valid: {', '.join(IMAGE_MODELS)}, or hf:<owner>/<repo>[@<revision>])"
+    )
+
+
+def repo_family(info: ValidationInfo) -> str | None:
+    """The family a repo `model` turned out to be, when the pipeline validates the job again knowing it."""
+    return (info.context or {}).get("repo_family")
+
+
+def with_repo_family(job: Job, family: str) -> Job:
+    """A job whose `model` is a repo, validated again from the fields its caller gave, now that the repo is known
+    to be of `family`: that family's defaults fill the rest, and its rules and bounds apply (JobInputError)."""
+    given = job.model_dump(include=set(job.model_fields_set) | {"type"})
+    try:
+        return type(job).model_validate(given, context={"repo_family": family})
+    except ValidationError as error:
+        raise JobInputError.of(validation_issues(error)) from None
 
 
 class LoraRef(StrictInput):
@@ -54,7 +111,13 @@ class ImageJob(StrictInput):
     num_images: int = Field(default=1, ge=1, le=8)
     scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
     format: Literal["png", "jpeg", "webp"] = "png"
-    model: Literal[IMAGE_MODELS] = "sdxl-base"  # type: ignore[valid-type]
+    model: str = Field(
+        default="sdxl-base",
+        min_length=1,
+        max_length=300,
+        description=MODEL_DESCRIPTION,
+        examples=list(IMAGE_MODELS),
+    )
     loras: list[LoraRef] = Field(default_factory=list, max_length=8)
     checkpoint: str | None = Field(
         default=None,
@@ -65,13 +128,14 @@ class ImageJob(StrictInput):
     )
 
     _check_width = field_validator("width", "height")(multiple_of_8)
+    _check_model = field_validator("model")(image_model)
 
     @model_validator(mode="before")
     @classmethod
-    def _family_defaults(cls, data: Any) -> Any:
-        return fill_family_defaults(data, "image")
+    def _family_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        return fill_family_defaults(data, "image", repo_family(info))
 
     @model_validator(mode="after")
-    def _family_bounds(self) -> ImageJob:
-        check_family_bounds(self.__dict__)
+    def _family_bounds(self, info: ValidationInfo) -> ImageJob:
+        check_family_bounds(self.__dict__, repo_family(info))
         return self
