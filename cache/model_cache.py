@@ -6,7 +6,7 @@ Layout under `models_dir` (see DESIGN.md, "Paths on the volume"):
     .staging/.trash/                folders being deleted (renamed here first, so no one else writes into them)
     .locks/<name>.lock              the lease lock
     .refs/<name>.json               what a model reference resolved to (ref_sources.py)
-    .usage/ .inuse/ .keep/          last use, readers' holds and keep marks of on-demand models (usage.py)
+    .usage/ .inuse/ .keep/ .reserved/  last use, readers' holds, keep marks and download reservations (usage.py)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -212,31 +212,36 @@ class ModelCache:
             self._clean_staging(spec)
             return target
         claim = self._claim(spec, lease.token)
-        try:
-            manifest = self._fill(spec, claim, lease, seed_from)
-            lease.check(force=True)
-            write_json(claim / MANIFEST_NAME, manifest)
-            self._publish(spec, claim, target)
-        except Exception as err:
-            # After a takeover, any failure (a file that vanished when the new holder adopted our folder) is a
-            # symptom of the lost lease, and is handled as such.
-            if not isinstance(err, LeaseLostError) and lease.still_held():
-                raise
-            # The new holder adopted this folder already, or whatever is left at our path is ours alone; so is the
-            # group folder once empty (our download threads may have recreated it after the new holder published).
-            self._discard(claim)
-            with suppress(OSError):
-                claim.parent.rmdir()
-            if isinstance(err, LeaseLostError):
-                raise
-            raise LeaseLostError(
-                f"{lease.lost_message()} (it ended this worker's attempt with: {err})"
-            ) from err
+        # a reservation under CACHE_MAX_GB lasts until the model is published (then counted as one) or given up
+        with ExitStack() as reserved:
+            try:
+                manifest = self._fill(spec, claim, lease, seed_from, reserved)
+                lease.check(force=True)
+                write_json(claim / MANIFEST_NAME, manifest)
+                self._publish(spec, claim, target)
+            except Exception as err:
+                # After a takeover, any failure (a file that vanished when the new holder adopted our folder) is a
+                # symptom of the lost lease, and is handled as such.
+                if not isinstance(err, LeaseLostError) and lease.still_held():
+                    raise
+                # The new holder adopted this folder already, or whatever is left at our path is ours alone; so is
+                # the group folder once empty (our download threads may have recreated it after the new holder
+                # published).
+                self._discard(claim)
+                with suppress(OSError):
+                    claim.parent.rmdir()
+                if isinstance(err, LeaseLostError):
+                    raise
+                raise LeaseLostError(
+                    f"{lease.lost_message()} (it ended this worker's attempt with: {err})"
+                ) from err
         self._clean_staging(spec)
         log.info("%s: published at %s (%s)", spec.name, target, human_bytes(manifest["total_bytes"]))
         return target
 
-    def _fill(self, spec: ModelSpec, claim: Path, lease: ModelLease, seed_from: Path | None) -> dict:
+    def _fill(
+        self, spec: ModelSpec, claim: Path, lease: ModelLease, seed_from: Path | None, reserved: ExitStack
+    ) -> dict:
         parts = (Part(kind="local", path=str(seed_from)),) if seed_from else spec.parts
         context = RefContext(self.remote, self.models_dir / ".refs")
         sources = [open_source(part, self.runpod_hf_cache_dir, context) for part in parts]
@@ -247,14 +252,15 @@ class ModelCache:
         if self.max_bytes is not None and parts[0].kind == "ref":
             size = sum(f.size for listing in listings if listing for f in listing.files.values())
             deadline = time.monotonic() + 10 * self.lease_s
-            self.usage.make_room(
+            hold = self.usage.reserve(
+                spec.name,
                 size,
                 self.max_bytes,
                 what=parts[0].ref,
-                exclude=spec.name,
                 protected=self.protected,
                 deadline=deadline,
             )
+            reserved.callback(hold.release)
         self._check_space(spec, claim, parts, sources, listings)
         files: dict[str, dict] = {}
         records = []

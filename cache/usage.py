@@ -4,6 +4,7 @@ On the volume, beside the models (every worker sees the same):
     .usage/<name>          its mtime is the model's last use
     .inuse/<name>/<holder> one file per reader (host, pid, token) that holds the model; its mtime is a heartbeat
     .keep/<name>           a model prefetched or warmed at start by some endpoint; refreshed at each start
+    .reserved/<name>/<holder>  the size of a model being downloaded (JSON), counted as used until it is published
 
 Evicting and using race safely without a lock shared by readers: a reader creates its hold first and then looks
 for the model; the evicter (one at a time, under `.locks/.evict.lock`) renames a model into the trash only when it
@@ -12,6 +13,7 @@ sees no hold, then looks again and renames it back if a hold appeared meanwhile.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,8 +21,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +48,22 @@ class OnDemandModel:
     last_used: float
 
 
-class Hold:
-    """A reader's claim on a model, visible to every worker; refreshed by a thread until released."""
+@dataclass(frozen=True)
+class Reservation:
+    name: str
+    ref: str
+    size: int
+    holder: str
 
-    def __init__(self, folder: Path, lease_s: float) -> None:
+
+class Hold:
+    """A claim on a model (a reader's, or a downloader's reservation), visible to every worker; refreshed by a
+    thread until released."""
+
+    def __init__(self, folder: Path, lease_s: float, content: str = "") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{socket.gethostname()}--{os.getpid()}--{uuid.uuid4().hex[:8]}"
-        self.path.touch()
+        self.path.write_text(content)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._beat, args=(lease_s / 3,), name="model-hold", daemon=True
@@ -97,7 +108,23 @@ class Usage:
 
     def holders(self, name: str) -> list[str]:
         """The live holds on `name` ("host pid"); stale ones (a dead process, a lapsed heartbeat) are removed."""
-        folder = self.models_dir / ".inuse" / name
+        return [holder for _, holder in self._live(self.models_dir / ".inuse" / name)]
+
+    def reservations(self) -> list[Reservation]:
+        """The models being downloaded under CACHE_MAX_GB now, with their sizes (stale reservations removed)."""
+        root = self.models_dir / ".reserved"
+        found = []
+        for folder in root.iterdir() if root.is_dir() else ():
+            for marker, holder in self._live(folder):
+                try:
+                    record = json.loads(marker.read_text())
+                    size, ref = int(record["size"]), str(record["ref"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # released meanwhile, or not written yet
+                found.append(Reservation(folder.name, ref, size, holder))
+        return found
+
+    def _live(self, folder: Path) -> list[tuple[Path, str]]:
         live = []
         for marker in folder.iterdir() if folder.is_dir() else ():
             host, pid, _ = (["", "", ""] + marker.name.rsplit("--", 2))[-3:]  # host names may hold "--"
@@ -109,7 +136,7 @@ class Usage:
             if dead_here or age > 2 * self.lease_s:
                 marker.unlink(missing_ok=True)
                 continue
-            live.append(f"{host} pid {pid}")
+            live.append((marker, f"{host} pid {pid}"))
         return live
 
     def keep(self, name: str) -> None:
@@ -183,40 +210,66 @@ class Usage:
 
         With `all_or_nothing` (a fetch), nothing is evicted unless that makes the room; without (a prune), what
         may be evicted is, and BudgetError still says what stays over the budget."""
+        with self._eviction_lock(deadline):
+            return self._evict(needed, budget, what, exclude, set(protected), all_or_nothing)
+
+    def reserve(
+        self, name: str, size: int, budget: int, *, what: str, protected: Iterable[str], deadline: float
+    ) -> Hold:
+        """Make room for model `name`, about to be downloaded, and reserve its `size` until the returned hold is
+        released (once it is published): every worker's `make_room` counts it as used meanwhile, so downloads
+        that run at once cannot overshoot the budget together."""
+        with self._eviction_lock(deadline):
+            self._evict(size, budget, what, name, set(protected), all_or_nothing=True)
+            # made under the eviction lock: the next evicter sees it
+            return Hold(
+                self.models_dir / ".reserved" / name, self.lease_s, json.dumps({"size": size, "ref": what})
+            )
+
+    @contextmanager
+    def _eviction_lock(self, deadline: float) -> Iterator[None]:
+        lease = ModelLease(self.models_dir / ".locks" / ".evict.lock", self.lease_s)
+        acquire_lease(lease, deadline, "the eviction lock", lambda: False)
+        try:
+            yield
+        finally:
+            lease.release()
+
+    def _evict(
+        self, needed: int, budget: int, what: str, exclude: str, protected: set[str], all_or_nothing: bool
+    ) -> list[str]:
         if needed > budget:
             raise BudgetError(
                 f"{what} needs {human_bytes(needed)}, more than CACHE_MAX_GB={budget / 1e9:g} allows: raise CACHE_MAX_GB"
             )
-        protected = set(protected)
-        lease = ModelLease(self.models_dir / ".locks" / ".evict.lock", self.lease_s)
-        acquire_lease(lease, deadline, "the eviction lock", lambda: False)
-        try:
-            models = [m for m in self.on_demand() if m.name != exclude]
-            used = sum(m.size for m in models)
-            reasons = {m.name: self._protection(m.name, protected) for m in models}
-            evictable = sum(m.size for m in models if reasons[m.name] is None)
-            evicted, blocked = [], [f"{m.ref} ({reasons[m.name]})" for m in models if reasons[m.name]]
-            enough = used - evictable + needed <= budget
-            for model in models if enough or not all_or_nothing else ():
-                if used + needed <= budget:
-                    break
-                if reasons[model.name] is None and self.remove(model.name):
-                    used -= model.size
-                    evicted.append(model.name)
-                    log.info(
-                        "evicted %s (%s, %s) to fit %s", model.ref, model.name, human_bytes(model.size), what
-                    )
-                elif reasons[model.name] is None:
-                    blocked.append(f"{model.ref} (taken into use)")
-            if used + needed > budget:
-                raise BudgetError(
-                    f"{what} needs {human_bytes(needed)} but CACHE_MAX_GB={budget / 1e9:g} holds "
-                    f"{human_bytes(used)} of models that may not be evicted now: {', '.join(blocked[:5])}; raise "
-                    "CACHE_MAX_GB or retry when they are no longer in use"
+        models = [m for m in self.on_demand() if m.name != exclude]
+        published = {m.name for m in models} | {exclude}
+        downloads = [r for r in self.reservations() if r.name not in published]
+        used = sum(m.size for m in models) + sum(r.size for r in downloads)
+        reasons = {m.name: self._protection(m.name, protected) for m in models}
+        evictable = sum(m.size for m in models if reasons[m.name] is None)
+        evicted = []
+        blocked = [f"{r.ref} (being downloaded by {r.holder})" for r in downloads]
+        blocked += [f"{m.ref} ({reasons[m.name]})" for m in models if reasons[m.name]]
+        enough = used - evictable + needed <= budget
+        for model in models if enough or not all_or_nothing else ():
+            if used + needed <= budget:
+                break
+            if reasons[model.name] is None and self.remove(model.name):
+                used -= model.size
+                evicted.append(model.name)
+                log.info(
+                    "evicted %s (%s, %s) to fit %s", model.ref, model.name, human_bytes(model.size), what
                 )
-            return evicted
-        finally:
-            lease.release()
+            elif reasons[model.name] is None:
+                blocked.append(f"{model.ref} (taken into use)")
+        if used + needed > budget:
+            raise BudgetError(
+                f"{what} needs {human_bytes(needed)} but CACHE_MAX_GB={budget / 1e9:g} holds "
+                f"{human_bytes(used)} of models that may not be evicted now: {', '.join(blocked[:5])}; raise "
+                "CACHE_MAX_GB or retry when they are no longer in use"
+            )
+        return evicted
 
     def _protection(self, name: str, protected: set[str]) -> str | None:
         if name in protected or self.kept(name):

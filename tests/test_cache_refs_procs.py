@@ -182,6 +182,37 @@ def test_eviction_under_cache_max_gb_spares_the_model_a_running_job_holds(
     assert not (models / names["a"]).exists() and not (models / ".refs" / f"{names['a']}.json").exists()
 
 
+def test_downloads_at_once_cannot_overshoot_cache_max_gb_together(
+    hub: FakeHub, civitai: FakeCivitai, tmp_path: Path
+) -> None:
+    """Two workers fetch two models at once, each fitting CACHE_MAX_GB but not both: the one that reserves second
+    is refused naming the first's download; a killed downloader's reservation does not block anyone."""
+    for name, seed in (("first", 21), ("second", 22), ("third", 23)):
+        hub.add(FakeRepo(f"org/{name}", {"model.safetensors": sdxl_checkpoint_bytes(1_500_000, seed=seed)}))
+    refs = {name: f"hf:org/{name}/model.safetensors" for name in ("first", "second", "third")}
+    env = ref_env(tmp_path / "volume", hub, civitai, CACHE_MAX_GB="0.0025")
+    models = tmp_path / "volume" / "models"
+    hub.throttle_bps = 1_000_000
+    first = spawn_cli("fetch", refs["first"], env=env, log=tmp_path / "first.log")
+    wait_until(lambda: hub.stats.file_bytes > 200_000, 30, "the first download to be under way")
+
+    second = run_cli("fetch", refs["second"], env=env)
+
+    assert second.returncode == 1
+    assert (
+        f"CACHE_MAX_GB=0.0025 holds 1.5 MB of models that may not be evicted now: {refs['first']} (being "
+        in (second.stderr)
+    )
+    assert "downloaded by" in second.stderr and not (models / parse_ref(refs["second"]).folder_name).exists()
+    # killed mid-file: its reservation dies with it (the heartbeat of a dead process on this host counts for nothing)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    hub.throttle_bps = 0
+    third = run_cli("fetch", refs["third"], env=env)
+    assert third.returncode == 0, third.stderr
+    assert first.returncode == -signal.SIGKILL
+
+
 _HOLDER = """
 import sys
 from pathlib import Path
