@@ -2,18 +2,20 @@
 
 `requests` would strip an Authorization header on a redirect to another host, but it would still follow redirects
 to any address; following them here lets every hop be checked (scheme, private address) and keeps the rule about
-tokens in one visible place. URLs are logged and recorded without their query (signed CDN URLs carry secrets).
+tokens in one visible place. Without ALLOW_PRIVATE_URLS every connection is also checked where it lands
+(`public_sessions.py`), so a name that resolves differently at the connect gets no further. URLs are logged and
+recorded without their query (signed CDN URLs carry secrets).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
+from .addresses import is_public_address
 from .errors import AccessDeniedError, ModelNotFoundError, RevisionNotFoundError, SourceError
 
 if TYPE_CHECKING:
@@ -23,15 +25,6 @@ log = logging.getLogger(__name__)
 
 _MAX_REDIRECTS = 8
 _TIMEOUT = (15.0, 60.0)  # connect, read (between two chunks)
-
-
-def is_public_address(address: str) -> bool:
-    """Whether an IP address is on the public internet: the one rule for every URL a job or a reference names
-    (the worker's image and upload URLs use it too). An IPv4-mapped IPv6 address is judged as the IPv4 it maps."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 @dataclass(frozen=True)
@@ -86,7 +79,9 @@ class Remote:
         """
         import requests
 
-        session = _session()
+        from .public_sessions import refused_private
+
+        session = _session(public_only=not self.allow_private)
         current = url
         for _ in range(_MAX_REDIRECTS):
             self.check_host(current, what)
@@ -104,6 +99,8 @@ class Remote:
                     current, headers=headers, stream=True, allow_redirects=False, timeout=_TIMEOUT
                 )
             except requests.RequestException as err:
+                if (refused := refused_private(err)) is not None:
+                    raise SourceError(f"{what}: {refused} (allowed with ALLOW_PRIVATE_URLS)") from None
                 raise SourceError(
                     f"cannot reach {safe_url(current)} for {what}: {type(err).__name__}"
                 ) from None
@@ -171,19 +168,24 @@ def _netloc(url: str) -> str:
     return urlsplit(url).netloc.rpartition("@")[2].lower()
 
 
-_SESSIONS: dict[int, requests.Session] = {}
+_SESSIONS: dict[tuple[int, bool], requests.Session] = {}
 
 
-def _session() -> requests.Session:
-    """One connection pool per thread (requests' Session is not thread-safe)."""
+def _session(*, public_only: bool) -> requests.Session:
+    """One connection pool per thread (requests' Session is not thread-safe) and rule."""
     import threading
 
     import requests
 
-    key = threading.get_ident()
+    from .public_sessions import public_session
+
+    key = (threading.get_ident(), public_only)
     if key not in _SESSIONS:
-        session = requests.Session()
-        # credentials from ~/.netrc would go to any host (and proxies too): tokens come only from our settings
-        session.trust_env = False
-        _SESSIONS[key] = session
+        if public_only:
+            _SESSIONS[key] = public_session()
+        else:
+            session = requests.Session()
+            # credentials from ~/.netrc would go to any host (and proxies too): tokens come only from our settings
+            session.trust_env = False
+            _SESSIONS[key] = session
     return _SESSIONS[key]

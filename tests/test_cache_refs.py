@@ -377,10 +377,43 @@ def test_prefetched_models_are_never_evicted_and_the_budget_is_named(hub: FakeHu
 
 def test_one_public_address_rule_for_references_and_job_urls() -> None:
     """The cache's reference downloads and the worker's image/upload URLs judge addresses by the same rule."""
-    from cache.remote import is_public_address
+    from cache.addresses import is_public_address
     from worker import inputs
 
     assert inputs.is_public_address is is_public_address
     assert is_public_address("8.8.8.8") and is_public_address("2001:4860:4860::8888")
     for private in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "::1", "::ffff:127.0.0.1", "224.0.0.251"):
         assert not is_public_address(private), private
+
+
+def test_a_connection_is_checked_where_it_lands(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that resolves to a public address for the check and to loopback for the connect (DNS rebinding)
+    gets no request through: the connected socket's peer address is checked before a byte is sent."""
+    import socket
+
+    import requests
+
+    from cache.public_sessions import public_session, refused_private
+
+    with pytest.raises(requests.ConnectionError) as caught:
+        public_session().get(f"http://127.0.0.1:{hub.port}/api/models/org/x", timeout=5)
+    assert refused_private(caught.value) == "127.0.0.1 connected to 127.0.0.1, a private or loopback address"
+
+    real = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])  # the first lookup (the check) answers public, every later one loopback
+
+    def rebinding(host: str, port: object, *args: object, **kwargs: object) -> list:
+        if host != "models.rebind.test":
+            return real(host, port, *args, **kwargs)
+        address = next(answers, "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, hub.port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    remote = Remote(allow_private=False)
+    with pytest.raises(SourceError) as refused:
+        remote.open(f"https://models.rebind.test:{hub.port}/model.safetensors", "https://models.rebind.test/…")
+    assert str(refused.value) == (
+        "https://models.rebind.test/…: models.rebind.test connected to 127.0.0.1, a private or loopback address "
+        "(allowed with ALLOW_PRIVATE_URLS)"
+    )
+    assert hub.stats.total_requests == 0

@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 from PIL import Image
 
-from cache.remote import is_public_address as is_public
+from cache.addresses import is_public_address as is_public
 from worker.config import Settings
 from worker.inputs import InputLimits, VolumeFiles, decode_image, fetch_url, load_image, source_bytes
 from worker.schemas import JobInputError

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from cache.cache_settings import (  # the parsing helpers and the cache's variables, parsed in one place
     CacheSettings,

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
-from cache.remote import is_public_address
+from cache.addresses import is_public_address
 from worker.schemas import JobInputError
 from worker.schemas.common import quoted
 
