@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 [j.strip() for j in args.jobs.split(",") if j.strip()] if args.jobs else settings.worker_jobs
             )
             deadline = time.monotonic() + timeout
-            for name, path in cache.warm(catalog.for_jobs(jobs, profile), timeout).items():
+            specs = catalog.for_jobs(jobs, profile, settings.image_models, settings.music_models)
+            for name, path in cache.warm(specs, timeout).items():
                 print(f"{name}\t{path}")
             remaining = max(deadline - time.monotonic(), 0.0)
             for ref, path in cache.prefetch(settings.prefetch_models, remaining).items():

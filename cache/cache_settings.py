@@ -15,6 +15,8 @@ from typing import Literal
 
 from worker_client.jobs import JOB_TYPES
 
+from .catalog import IMAGE_FAMILIES, MUSIC_ENGINES
+
 Profile = Literal["auto", "production", "tiny"]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -102,6 +104,21 @@ def _sources(env: Mapping[str, str]) -> tuple[str, ...]:
     return sources
 
 
+def env_models(
+    env: Mapping[str, str], name: str, kind: str, valid: tuple[str, ...], default: str
+) -> tuple[str, ...]:
+    """A comma-separated list of catalog names (IMAGE_MODELS, MUSIC_MODELS), or `all`; the first one is loaded
+    first."""
+    raw = env.get(name, "").strip().lower()
+    if raw == "all":
+        return valid
+    models = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    unknown = [model for model in models if model not in valid]
+    if unknown:
+        raise ConfigError(f"{name}: unknown {kind} model(s) {unknown}; valid: {', '.join(valid)}, all")
+    return models or (default,)
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     """The cache's configuration. Build it with `CacheSettings.from_env()`; tokens are kept out of `repr`."""
@@ -109,6 +126,8 @@ class CacheSettings:
     volume_root: Path | None = None
     model_profile: Profile = "auto"
     worker_jobs: tuple[str, ...] = JOB_TYPES
+    image_models: tuple[str, ...] = ("sdxl-base",)
+    music_models: tuple[str, ...] = ("heartmula",)
     cache_wait_timeout_s: float = 1500.0
     cache_lease_s: float = 60.0
     cache_verify_sha256: bool = False
@@ -132,6 +151,8 @@ class CacheSettings:
             volume_root=env_path(env, "VOLUME_ROOT"),
             model_profile=env_profile(env),
             worker_jobs=env_jobs(env),
+            image_models=env_models(env, "IMAGE_MODELS", "image", IMAGE_FAMILIES, "sdxl-base"),
+            music_models=env_models(env, "MUSIC_MODELS", "music", MUSIC_ENGINES, "heartmula"),
             cache_wait_timeout_s=env_float(env, "CACHE_WAIT_TIMEOUT_S", 1500.0, minimum=1.0),
             cache_lease_s=env_float(env, "CACHE_LEASE_S", 60.0, minimum=5.0),
             cache_verify_sha256=env_bool(env, "CACHE_VERIFY_SHA256", False),

@@ -364,12 +364,19 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
     },
 }
 
+# The families an image job may name, and the engines of a music job (the worker's tables check they agree).
+IMAGE_FAMILIES: tuple[str, ...] = ("sdxl-base", "z-image-turbo", "flux2-klein-4b")
+MUSIC_ENGINES: tuple[str, ...] = ("heartmula", "ace-step")
+
+# What each job type's pipeline fetches at start besides the endpoint's IMAGE_MODELS (image, dataset and training
+# share the image pipeline) or MUSIC_MODELS: the dataset job's IP-Adapter, and the SDXL every training job uses.
 JOB_MODELS: dict[str, tuple[str, ...]] = {
-    "image": ("sdxl-base",),
-    "dataset": ("sdxl-base", "ip-adapter-sdxl"),
+    "image": (),
+    "dataset": ("ip-adapter-sdxl",),
     "training": ("sdxl-base",),
-    "music": ("heartmula",),
+    "music": (),
 }
+_PICKS_IMAGE_MODELS = frozenset({"image", "dataset", "training"})
 # The job-type registry decides which job types exist; a type added there must say here which models it needs.
 if set(JOB_MODELS) != set(JOB_TYPES):
     raise RuntimeError(f"catalog.JOB_MODELS covers {sorted(JOB_MODELS)}, the job types are {list(JOB_TYPES)}")
@@ -390,11 +397,21 @@ def get(name: str, profile: Profile) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; the catalog has: {', '.join(names())}") from None
 
 
-def for_jobs(jobs: Iterable[str], profile: Profile) -> list[ModelSpec]:
-    """The specs the given job types need, each once, in a stable order."""
+def for_jobs(
+    jobs: Iterable[str],
+    profile: Profile,
+    image_models: Iterable[str] = ("sdxl-base",),
+    music_models: Iterable[str] = ("heartmula",),
+) -> list[ModelSpec]:
+    """The specs a worker serving `jobs` fetches at start (with these IMAGE_MODELS and MUSIC_MODELS), each once, in
+    a stable order."""
     wanted: dict[str, None] = {}
     for job in jobs:
         if job not in JOB_MODELS:
             raise KeyError(f"unknown job type {job!r}; known: {', '.join(JOB_TYPES)}")
+        if job in _PICKS_IMAGE_MODELS:
+            wanted.update(dict.fromkeys(image_models))
+        if job == "music":
+            wanted.update(dict.fromkeys(music_models))
         wanted.update(dict.fromkeys(JOB_MODELS[job]))
     return [get(name, profile) for name in wanted]

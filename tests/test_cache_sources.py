@@ -60,6 +60,22 @@ def test_seeded_volume_serves_without_network(tmp_path: Path) -> None:
     assert file_digests(Path(seeded.stdout.strip())) == file_digests(checkout)
 
 
+def test_warm_fetches_the_families_and_engines_the_endpoint_picks(tmp_path: Path) -> None:
+    """`python -m cache warm` fetches what a worker with the same IMAGE_MODELS and MUSIC_MODELS fetches at start."""
+    env = cli_env(tmp_path / "volume", IMAGE_MODELS="z-image-turbo")
+    warm = run_cli("warm", "--jobs", "image", "--profile", "tiny", env=env)
+
+    assert warm.returncode == 0, warm.stderr
+    assert [line.split("\t")[0] for line in warm.stdout.splitlines()] == ["z-image-tiny"]
+    bad = run_cli("warm", "--jobs", "image", env={**env, "IMAGE_MODELS": "sd3"})
+    assert bad.returncode != 0 and "IMAGE_MODELS: unknown image model(s) ['sd3']" in bad.stderr
+    names = [
+        s.name
+        for s in catalog.for_jobs(["training", "music"], "production", ("flux2-klein-4b",), ("ace-step",))
+    ]
+    assert names == ["flux2-klein-4b", "sdxl-base", "ace-step"]
+
+
 def test_seeding_an_incomplete_checkout_names_what_is_missing(tmp_path: Path) -> None:
     checkout = _heartmula_checkout(tmp_path / "ckpt")
     (checkout / "HeartCodec-oss" / "config.json").unlink()

@@ -23,39 +23,6 @@ from cache.cache_settings import env_path as _path
 from worker_client.jobs import JOB_TYPES
 
 
-def _image_models(env: Mapping[str, str]) -> tuple[str, ...]:
-    """IMAGE_MODELS: the image families fetched at start, the first one loaded; `all` for every one."""
-    from worker.pipelines.image_families import IMAGE_MODELS
-
-    raw = env.get("IMAGE_MODELS", "").strip().lower()
-    if not raw:
-        return ("sdxl-base",)
-    if raw == "all":
-        return IMAGE_MODELS
-    models = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
-    unknown = [model for model in models if model not in IMAGE_MODELS]
-    if unknown or not models:
-        raise ConfigError(
-            f"IMAGE_MODELS: unknown image model(s) {unknown}; valid: {', '.join(IMAGE_MODELS)}, all"
-        )
-    return models
-
-
-def _music_models(env: Mapping[str, str]) -> tuple[str, ...]:
-    """MUSIC_MODELS: the music engines loaded at start; a job for another one loads it on first use."""
-    from worker.schemas.music_job import MUSIC_MODELS
-
-    raw = env.get("MUSIC_MODELS", "").strip().lower()
-    named = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
-    models = MUSIC_MODELS if raw == "all" else named
-    unknown = [model for model in models if model not in MUSIC_MODELS]
-    if unknown:
-        raise ConfigError(
-            f"MUSIC_MODELS: unknown music model(s) {unknown}; valid: {', '.join(MUSIC_MODELS)}, all"
-        )
-    return models or ("heartmula",)
-
-
 def _mode(env: Mapping[str, str]) -> Literal["serverless", "pod"]:
     raw = env.get("MODE", "serverless").strip().lower() or "serverless"
     if raw not in ("serverless", "pod"):
@@ -108,6 +75,8 @@ class Settings:
             volume_root=self.volume_root,
             model_profile=self.model_profile,
             worker_jobs=self.worker_jobs,
+            image_models=self.image_models,
+            music_models=self.music_models,
             cache_wait_timeout_s=self.cache_wait_timeout_s,
             cache_lease_s=self.cache_lease_s,
             cache_verify_sha256=self.cache_verify_sha256,
@@ -152,7 +121,7 @@ class Settings:
             pod_run_retention_s=_float(env, "POD_RUN_RETENTION_S", 1800.0),
             pod_runsync_retention_s=_float(env, "POD_RUNSYNC_RETENTION_S", 60.0),
             mode=_mode(env),
-            image_models=_image_models(env),
-            music_models=_music_models(env),
+            image_models=cache.image_models,
+            music_models=cache.music_models,
             cache=cache,
         )

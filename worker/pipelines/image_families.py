@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from cache.catalog import IMAGE_FAMILIES
+
 NegativePrompt = Literal["always", "with_guidance", "never"]
 SchedulerTable = dict[str, tuple[str, dict[str, Any]]]
 
@@ -142,6 +144,9 @@ FAMILIES: dict[str, Family] = {
     )
 }
 IMAGE_MODELS: tuple[str, ...] = tuple(FAMILIES)
+# the cache warms what IMAGE_MODELS names from its own list (it may not import the worker): the two must agree
+if IMAGE_MODELS != IMAGE_FAMILIES:
+    raise ImportError(f"image families {IMAGE_MODELS} differ from the catalog's {IMAGE_FAMILIES}")
 DEFAULT_MODEL = "sdxl-base"
 SCHEDULER_NAMES: tuple[str, ...] = tuple(
     dict.fromkeys(name for f in FAMILIES.values() for name in f.schedulers)

@@ -12,9 +12,10 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from cache.catalog import MUSIC_ENGINES
 from worker.schemas.common import Seed, StrictInput
 
-MUSIC_MODELS = ("heartmula", "ace-step")
+MUSIC_MODELS = MUSIC_ENGINES  # the catalog names the engines: it warms them (MUSIC_MODELS)
 ENGINE_FIELDS = {
     "heartmula": ("temperature", "topk", "cfg_scale", "codec_steps"),
     "ace-step": ("steps", "guidance", "batch", "task", "reference_audio", "cover_strength"),
