@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hub_server import FakeHub, FakeRepo
 from safetensors.torch import load, save
+from test_image_family_loras import kohya, pair, write, zimage_formats
 from training_fixtures import one_thread_fixture  # noqa: F401  (fixtures are found by name)
 
 from cache import parse_ref
@@ -184,6 +185,22 @@ def test_a_repo_model_takes_no_checkpoint_and_only_its_family_loras(worker: Work
     assert both["error"].startswith("checkpoint: leave it out when model is a repo")
     single = run(worker, "repo-single", model="hf:org/weights-only/model.safetensors")
     assert single["error"].startswith("model: 'hf:org/weights-only/model.safetensors' names one file")
+    root = worker.volume.root
+    assert "error" not in run(worker, "repo-lora-load", model=COPY)
+    pipe = worker.pipeline("image").families.resident.pipe
+    zimage = write(root, "repo-zimage", zimage_formats(pipe)["diffusers"])
+    sdxl = write(root, "repo-sdxl", kohya("down_blocks.1.attentions.0.proj_in", *pair(32, 32, 0)))
+    refused = run(worker, "repo-lora-sdxl", model=COPY, loras=[{"path": sdxl}])
+    assert refused == {
+        "error": "loras.0: not a LoRA for this Z-Image model: it is a SDXL LoRA (model sdxl-base)"
+    }
+    plain = run(worker, "repo-lora-plain", model=COPY)
+    with_lora = run(worker, "repo-lora", model=COPY, loras=[{"path": zimage}])
+    on_catalog = run(worker, "repo-lora-catalog", model="z-image-turbo", loras=[{"path": zimage}])
+    assert with_lora["outputs"][0]["sha256"] != plain["outputs"][0]["sha256"]
+    assert (
+        with_lora["outputs"][0]["sha256"] == on_catalog["outputs"][0]["sha256"]
+    )  # the same weights, the same LoRA
 
 
 def test_morpheus_checkpoint_name_may_name_a_repo(worker: Worker) -> None:
