@@ -316,6 +316,13 @@ def _write_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def discard_interrupted_writes(folder: Path) -> None:
+    """Remove the half-written state files under `folder` that a holder stopped between writing and renaming
+    left (a paused holder's, in a folder taken over): only the renamed state file is ever read."""
+    for leftover in folder.rglob(".*.part.json.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 class _Hasher:
     """sha256 in a thread of its own (hashlib releases the GIL), so hashing overlaps the network."""
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from . import inventory
 from .cache_settings import CacheSettings
 from .catalog import ModelSpec, Part
+from .download import discard_interrupted_writes
 from .errors import CacheError, InsufficientSpaceError, LeaseLostError, ModelKindError, no_space
 from .files import HF_LOCAL_DIR_CACHE, MANIFEST_NAME, Listing, has_size, tree_size, verify_delivery
 from .inventory import ModelStatus
@@ -324,6 +325,7 @@ class ModelCache:
             for pattern in ("*.incomplete", "*.lock"):
                 for leftover in bookkeeping.rglob(pattern):
                     leftover.unlink(missing_ok=True)
+        discard_interrupted_writes(claim)
         log.info("%s: resuming with %s left by an earlier holder", spec.name, human_bytes(tree_size(claim)))
         return claim
 

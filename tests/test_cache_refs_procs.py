@@ -91,11 +91,19 @@ def test_a_killed_holder_is_resumed_from_its_byte_offset(
     first.send_signal(signal.SIGKILL)
     first.wait()
     civitai.throttle_bps = 0
+    # as a holder stopped between writing its resume state and renaming it into place leaves it
+    (partial,) = (tmp_path / "volume" / "models" / ".staging").glob("*/*/*.part")
+    stray = partial.with_name(f".{partial.name}.json.4242.tmp")
+    stray.write_text("{")
 
     second = run_cli("fetch", "civitai:501", env=env)
 
     assert second.returncode == 0, second.stderr
     assert Path(second.stdout.strip()).read_bytes() == content
+    assert sorted(p.name for p in Path(second.stdout.strip()).parent.iterdir()) == [
+        ".complete.json",
+        "ckpt.safetensors",
+    ]
     assert "resuming with a Range request" in second.stderr
     ratio = civitai.stats.file_bytes / len(content)
     assert ratio <= 1.05, f"{civitai.stats.file_bytes} bytes fetched for a {len(content)}-byte model"
