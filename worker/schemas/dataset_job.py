@@ -12,13 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from worker.pipelines.image_families import SDXL_NEGATIVE, check_family_bounds, fill_family_defaults
 from worker.schemas.common import MAX_PROMPT_CHARS, Seed, Side, StrictInput, multiple_of_8
-from worker.schemas.image_job import (
-    IMAGE_MODELS,
-    IMAGE_SCHEDULERS,
-    MODEL_DESCRIPTION,
-    image_model,
-    repo_family,
-)
+from worker.schemas.image_job import IMAGE_SCHEDULERS, ImageModel, repo_family
 
 
 class DatasetJob(StrictInput):
@@ -43,13 +37,7 @@ class DatasetJob(StrictInput):
     guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
     negative_prompt: str = Field(default=SDXL_NEGATIVE, max_length=MAX_PROMPT_CHARS)
     scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
-    model: str = Field(
-        default="sdxl-base",
-        min_length=1,
-        max_length=300,
-        description=MODEL_DESCRIPTION,
-        examples=list(IMAGE_MODELS),
-    )
+    model: ImageModel = "sdxl-base"
     checkpoint: str | None = Field(
         default=None,
         min_length=1,
@@ -66,7 +54,6 @@ class DatasetJob(StrictInput):
     zip: bool = Field(default=False, description="Also write dataset.zip.")
 
     _check_width = field_validator("width", "height")(multiple_of_8)
-    _check_model = field_validator("model")(image_model)
 
     @model_validator(mode="before")
     @classmethod

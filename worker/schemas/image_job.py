@@ -7,9 +7,9 @@ The field defaults below are SDXL's; a job naming another `model` gets that fami
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cache.refs import RefError, is_ref, parse_ref
 from worker.pipelines.image_families import (
@@ -33,7 +33,7 @@ from worker.schemas.common import (
 IMAGE_SCHEDULERS = SCHEDULER_NAMES
 
 __all__ = [
-    "IMAGE_MODELS", "IMAGE_SCHEDULERS", "MODEL_DESCRIPTION", "ImageJob", "LoraRef", "image_model", "repo_family",
+    "IMAGE_MODELS", "IMAGE_SCHEDULERS", "ImageJob", "ImageModel", "LoraRef", "repo_family",
     "with_repo_family",
 ]  # fmt: skip
 
@@ -64,6 +64,14 @@ def image_model(value: str) -> str:
     raise ValueError(
         f"unknown model {quoted(value)} (valid: {', '.join(IMAGE_MODELS)}, or hf:<owner>/<repo>[@<revision>])"
     )
+
+
+# an image or dataset job's `model`
+ImageModel = Annotated[
+    str,
+    Field(min_length=1, max_length=300, description=MODEL_DESCRIPTION, examples=list(IMAGE_MODELS)),
+    AfterValidator(image_model),
+]
 
 
 def repo_family(info: ValidationInfo) -> str | None:
@@ -111,13 +119,7 @@ class ImageJob(StrictInput):
     num_images: int = Field(default=1, ge=1, le=8)
     scheduler: Literal[IMAGE_SCHEDULERS] = "euler"  # type: ignore[valid-type]
     format: Literal["png", "jpeg", "webp"] = "png"
-    model: str = Field(
-        default="sdxl-base",
-        min_length=1,
-        max_length=300,
-        description=MODEL_DESCRIPTION,
-        examples=list(IMAGE_MODELS),
-    )
+    model: ImageModel = "sdxl-base"
     loras: list[LoraRef] = Field(default_factory=list, max_length=8)
     checkpoint: str | None = Field(
         default=None,
@@ -128,7 +130,6 @@ class ImageJob(StrictInput):
     )
 
     _check_width = field_validator("width", "height")(multiple_of_8)
-    _check_model = field_validator("model")(image_model)
 
     @model_validator(mode="before")
     @classmethod
