@@ -162,6 +162,42 @@ _ACE_STEP_FILES = (
 )
 _ACE_STEP_COVER_CODEC = ("cover/audio_tokenizer/config.json", "cover/audio_token_detokenizer/config.json")
 
+# A DiT family's pipeline folders, and the files that must be in them
+_DIT_FOLDERS = ("model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*", "transformer/*", "vae/*")
+_DIT_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/*.safetensors",
+    "tokenizer/tokenizer_config.json",
+    "transformer/config.json",
+    "transformer/*.safetensors",
+    "vae/config.json",
+    "vae/*.safetensors",
+)
+_DIT_TINY_FILES = ("model_index.json", "transformer/config.json", "text_encoder/config.json", "tokenizer/*")
+
+
+def _dit_family(
+    name: str, repo_id: str, commit: str, what: str, *, tiny: tuple[str, str]
+) -> dict[Profile, ModelSpec]:
+    tiny_name, label = tiny
+    return {
+        "production": ModelSpec(
+            name=name,
+            parts=(_hub(repo_id, commit, allow=_DIT_FOLDERS),),
+            required_files=_DIT_FILES,
+            description=f"{what}, diffusers layout, bf16",
+        ),
+        "tiny": ModelSpec(
+            name=tiny_name,
+            parts=(_builtin(tiny_name),),
+            required_files=_DIT_TINY_FILES,
+            description=f"random-weight {label}-shaped pipeline (demo and tests)",
+        ),
+    }
+
+
 _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
     "sdxl-base": {
         "production": ModelSpec(
@@ -180,90 +216,20 @@ _CATALOG: dict[str, dict[Profile, ModelSpec]] = {
     # The image families beside SDXL (worker/pipelines/image_families.py): diffusers layout, bf16 weights. Only the
     # pipeline's folders are fetched; the repos also hold single-file copies for ComfyUI. Both are pinned at commits
     # that several unrelated public projects cite.
-    "z-image-turbo": {
-        "production": ModelSpec(
-            name="z-image-turbo",
-            parts=(
-                _hub(
-                    "Tongyi-MAI/Z-Image-Turbo",
-                    "f332072aa78be7aecdf3ee76d5c247082da564a6",
-                    allow=(
-                        "model_index.json",
-                        "scheduler/*",
-                        "text_encoder/*",
-                        "tokenizer/*",
-                        "transformer/*",
-                        "vae/*",
-                    ),
-                ),
-            ),
-            required_files=(
-                "model_index.json",
-                "scheduler/scheduler_config.json",
-                "text_encoder/config.json",
-                "text_encoder/*.safetensors",
-                "tokenizer/tokenizer_config.json",
-                "transformer/config.json",
-                "transformer/*.safetensors",
-                "vae/config.json",
-                "vae/*.safetensors",
-            ),
-            description="Z-Image-Turbo (6B DiT, Qwen3-4B text encoder), diffusers layout, bf16",
-        ),
-        "tiny": ModelSpec(
-            name="z-image-tiny",
-            parts=(_builtin("z-image-tiny"),),
-            required_files=(
-                "model_index.json",
-                "transformer/config.json",
-                "text_encoder/config.json",
-                "tokenizer/*",
-            ),
-            description="random-weight Z-Image-shaped pipeline (demo and tests)",
-        ),
-    },
-    "flux2-klein-4b": {
-        "production": ModelSpec(
-            name="flux2-klein-4b",
-            parts=(
-                _hub(
-                    "black-forest-labs/FLUX.2-klein-4B",
-                    "e7b7dc27f91deacad38e78976d1f2b499d76a294",
-                    allow=(
-                        "model_index.json",
-                        "scheduler/*",
-                        "text_encoder/*",
-                        "tokenizer/*",
-                        "transformer/*",
-                        "vae/*",
-                    ),
-                ),
-            ),
-            required_files=(
-                "model_index.json",
-                "scheduler/scheduler_config.json",
-                "text_encoder/config.json",
-                "text_encoder/*.safetensors",
-                "tokenizer/tokenizer_config.json",
-                "transformer/config.json",
-                "transformer/*.safetensors",
-                "vae/config.json",
-                "vae/*.safetensors",
-            ),
-            description="FLUX.2 [klein] 4B, step-distilled (4B DiT, Qwen3-4B text encoder), diffusers layout, bf16",
-        ),
-        "tiny": ModelSpec(
-            name="flux2-klein-tiny",
-            parts=(_builtin("flux2-klein-tiny"),),
-            required_files=(
-                "model_index.json",
-                "transformer/config.json",
-                "text_encoder/config.json",
-                "tokenizer/*",
-            ),
-            description="random-weight FLUX.2 [klein]-shaped pipeline (demo and tests)",
-        ),
-    },
+    "z-image-turbo": _dit_family(
+        "z-image-turbo",
+        "Tongyi-MAI/Z-Image-Turbo",
+        "f332072aa78be7aecdf3ee76d5c247082da564a6",
+        "Z-Image-Turbo (6B DiT, Qwen3-4B text encoder)",
+        tiny=("z-image-tiny", "Z-Image"),
+    ),
+    "flux2-klein-4b": _dit_family(
+        "flux2-klein-4b",
+        "black-forest-labs/FLUX.2-klein-4B",
+        "e7b7dc27f91deacad38e78976d1f2b499d76a294",
+        "FLUX.2 [klein] 4B, step-distilled (4B DiT, Qwen3-4B text encoder)",
+        tiny=("flux2-klein-tiny", "FLUX.2 [klein]"),
+    ),
     "heartmula": {
         "production": ModelSpec(
             name="heartmula",

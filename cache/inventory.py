@@ -119,7 +119,7 @@ def prune(cache: ModelCache, max_bytes: int) -> list[str]:
 def _status_of(cache: ModelCache, name: str, spec: ModelSpec | None) -> ModelStatus:
     lock = cache.locks_dir / f"{name}.lock"
     holder = describe_holder(lock, cache.lease_s) if lock.exists() else None
-    staged = sum(tree_size(group) for group in cache.staging_groups(name))
+    staged = sum(tree_size(group) for group in cache.staging.groups(name))
     for root in (cache.baked_dir, cache.models_dir):
         if root is None or not (root / name).is_dir():
             continue

@@ -2,8 +2,7 @@
 
 Layout under `models_dir` (see DESIGN.md, "Paths on the volume"):
     <name>/                         the published model: real files plus .complete.json, written last
-    .staging/<name>--<spec12>/<claim>/  a holder's work in progress; the next holder adopts it by rename
-    .staging/.trash/                folders being deleted (renamed here first, so no one else writes into them)
+    .staging/                       holders' work in progress, and folders being deleted (staging.py)
     .locks/<name>.lock              the lease lock
     .refs/<name>.json               what a model reference resolved to (ref_sources.py)
     .usage/ .inuse/ .keep/ .reserved/  last use, readers' holds, keep marks and download reservations (usage.py)
@@ -13,11 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import socket
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
@@ -27,9 +24,8 @@ from pathlib import Path
 from . import inventory
 from .cache_settings import CacheSettings
 from .catalog import ModelSpec, Part
-from .download import discard_interrupted_writes
 from .errors import CacheError, InsufficientSpaceError, LeaseLostError, ModelKindError, no_space
-from .files import HF_LOCAL_DIR_CACHE, MANIFEST_NAME, Listing, has_size, tree_size, verify_delivery
+from .files import HF_LOCAL_DIR_CACHE, MANIFEST_NAME, Listing, has_size, verify_delivery
 from .inventory import ModelStatus
 from .lock import ModelLease, Progress, acquire_lease, human_bytes, thread_gate
 from .manifest import (
@@ -46,6 +42,7 @@ from .refs import ModelRef, parse_ref
 from .remote import Remote
 from .safetensors_header import Want, kind_problem
 from .sources import LocalSource, Source, open_source
+from .staging import Staging
 from .usage import Usage
 
 log = logging.getLogger(__name__)
@@ -75,7 +72,7 @@ class ModelCache:
         self.baked_dir = baked_dir
         self.remote = remote or Remote()
         self.max_bytes = max_bytes
-        self.staging_dir = self.models_dir / ".staging"
+        self.staging = Staging(self.models_dir / ".staging")
         self.locks_dir = self.models_dir / ".locks"
         self.usage = Usage(self.models_dir, lease_s)
         # on-demand models this process prefetched: never evicted while it runs (others see their keep marks)
@@ -210,9 +207,9 @@ class ModelCache:
     def _build(self, spec: ModelSpec, lease: ModelLease, seed_from: Path | None) -> Path:
         target = self.models_dir / spec.name
         if manifest_problem(target, spec) is None:
-            self._clean_staging(spec)
+            self.staging.clean(spec.name)
             return target
-        claim = self._claim(spec, lease.token)
+        claim = self.staging.claim(spec, lease.token)
         # a reservation under CACHE_MAX_GB lasts until the model is published (then counted as one) or given up
         with ExitStack() as reserved:
             try:
@@ -228,7 +225,7 @@ class ModelCache:
                 # The new holder adopted this folder already, or whatever is left at our path is ours alone; so is
                 # the group folder once empty (our download threads may have recreated it after the new holder
                 # published).
-                self._discard(claim)
+                self.staging.discard(claim)
                 with suppress(OSError):
                     claim.parent.rmdir()
                 if isinstance(err, LeaseLostError):
@@ -236,7 +233,7 @@ class ModelCache:
                 raise LeaseLostError(
                     f"{lease.lost_message()} (it ended this worker's attempt with: {err})"
                 ) from err
-        self._clean_staging(spec)
+        self.staging.clean(spec.name)
         log.info("%s: published at %s (%s)", spec.name, target, human_bytes(manifest["total_bytes"]))
         return target
 
@@ -298,37 +295,6 @@ class ModelCache:
             "published_by": f"pid {os.getpid()} on {socket.gethostname()}",
         }
 
-    def _claim(self, spec: ModelSpec, token: str) -> Path:
-        """This holder's staging folder, adopting the newest one an earlier (dead or paused) holder left."""
-        group = self.staging_dir / f"{spec.name}--{spec.fingerprint[:12]}"
-        group.mkdir(parents=True, exist_ok=True)
-        claim = group / token[:16]
-        self._empty_trash()
-        previous = sorted((d for d in group.iterdir() if d.is_dir()), key=_mtime, reverse=True)
-        adopted = None
-        for old in previous:
-            if adopted is None:
-                try:
-                    # A rename, not a copy: a paused holder that wakes up writes to its old path, no longer ours.
-                    old.rename(claim)
-                    adopted = old
-                    continue
-                except FileNotFoundError:
-                    continue
-            self._discard(old)
-        if adopted is None:
-            claim.mkdir()
-            return claim
-        # Partial files are never resumed by huggingface_hub, and the per-file lock files may still be locked by
-        # the paused holder (its open descriptors followed the rename): both go, the finished files stay.
-        for bookkeeping in claim.glob(f"**/{HF_LOCAL_DIR_CACHE}/huggingface"):
-            for pattern in ("*.incomplete", "*.lock"):
-                for leftover in bookkeeping.rglob(pattern):
-                    leftover.unlink(missing_ok=True)
-        discard_interrupted_writes(claim)
-        log.info("%s: resuming with %s left by an earlier holder", spec.name, human_bytes(tree_size(claim)))
-        return claim
-
     def _check_space(
         self,
         spec: ModelSpec,
@@ -353,43 +319,15 @@ class ModelCache:
     def _publish(self, spec: ModelSpec, claim: Path, target: Path) -> None:
         if target.exists() or target.is_symlink():
             log.info("%s: replacing the published copy (%s)", spec.name, manifest_problem(target, spec))
-            self._discard(target)
+            self.staging.discard(target)
         try:
             os.rename(claim, target)
         except OSError as err:
             if manifest_problem(target, spec) is None:
-                self._discard(claim)
+                self.staging.discard(claim)
                 return
             raise CacheError(f"cannot publish {spec.name} at {target}: {err}") from err
         fsync_dir(self.models_dir)
-
-    def _clean_staging(self, spec: ModelSpec) -> None:
-        """Remove staging folders of this model's name: partial downloads that the published copy supersedes."""
-        for group in self.staging_groups(spec.name):
-            self._discard(group)
-
-    def staging_groups(self, name: str) -> list[Path]:
-        pattern = re.compile(rf"{re.escape(name)}--[0-9a-f]{{12}}")
-        if not self.staging_dir.is_dir():
-            return []
-        return [g for g in self.staging_dir.iterdir() if g.is_dir() and pattern.fullmatch(g.name)]
-
-    def _discard(self, path: Path) -> None:
-        # Renamed into the trash first: a paused writer that wakes up can no longer reach it by its path.
-        trash = self.staging_dir / ".trash"
-        trash.mkdir(parents=True, exist_ok=True)
-        grave = trash / uuid.uuid4().hex
-        try:
-            path.rename(grave)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(grave, ignore_errors=True)
-
-    def _empty_trash(self) -> None:
-        trash = self.staging_dir / ".trash"
-        if trash.is_dir():
-            for grave in trash.iterdir():
-                shutil.rmtree(grave, ignore_errors=True)
 
 
 def _labelled(spec: ModelSpec, part: Part, call):
@@ -409,10 +347,3 @@ def _labelled(spec: ModelSpec, part: Part, call):
         if part.kind == "ref":  # a reference's own errors name it already (and no folder of the server)
             raise
         raise type(err)(f"{spec.name}, part {part.describe()}: {err}") from err
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
