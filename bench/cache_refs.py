@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -25,9 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from cache_fixtures import sdxl_checkpoint_bytes
+from hub_clients import Clients, print_timings, throughput_line
 from hub_server import FakeHub, FakeRepo
 
 REPO_ID = "bench/ckpt"
@@ -55,12 +54,7 @@ def driver(mode: str, target: str, repeat: int) -> None:
         def call() -> None:
             hf_hub_download(REPO_ID, FILE, cache_dir=target)
 
-    timings = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - started)
-    print(json.dumps(timings))
+    print_timings(call, repeat)
 
 
 def main() -> None:
@@ -84,37 +78,23 @@ def main() -> None:
     repos = [FakeRepo(REPO_ID, {FILE: content, "README.md": b"bench\n"}), FakeRepo("bench/repo", shards)]
     with FakeHub(repos) as hub, tempfile.TemporaryDirectory(prefix="cache-refs-bench-") as tmp:
         base = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-        env.update(
-            HF_ENDPOINT=hub.endpoint,
-            HF_HOME=str(base / "hf-home"),
-            HF_HUB_DISABLE_PROGRESS_BARS="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
+        clients = Clients(
+            __file__,
+            hub,
+            base,
             ALLOW_PRIVATE_URLS="true",
             RUNPOD_HF_CACHE_DIR=str(base / "no-runpod-cache"),
             BAKED_MODELS_DIR=str(base / "no-baked-models"),
-            PYTHONPATH=str(ROOT),
         )
-
-        def timed(mode: str, target: Path, repeat: int = 1) -> tuple[list[float], int]:
-            hub.reset_stats()
-            command = [sys.executable, __file__, "--driver", mode, str(target), str(repeat)]
-            proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-            if proc.returncode:
-                raise SystemExit(f"{mode} client failed: {proc.stderr[-2000:]}")
-            return json.loads(proc.stdout), hub.stats.total_requests
-
+        env = clients.env
         print(f"file: {size / 1e6:.1f} MB; fake Hub at {hub.endpoint}")
 
         # (1) warm resolution
-        timed("cache", base / "warm" / "models")
-        timed("plain", base / "warm" / "plain")
-        ours, ours_requests = timed("cache", base / "warm" / "models", args.repeat)
-        plain, plain_requests = timed("plain", base / "warm" / "plain", args.repeat)
-        ours_s, plain_s = statistics.median(ours), statistics.median(plain)
+        warm = clients.warm(base / "warm", args.repeat)
+        (ours_s, ours_requests), (plain_s, plain_requests) = warm["cache"], warm["plain"]
         print(
-            f"(1) warm resolution ours {ours_s * 1e3:7.2f} ms, {ours_requests / args.repeat:.0f} requests | "
-            f"hf_hub_download {plain_s * 1e3:7.2f} ms, {plain_requests / args.repeat:.0f} requests | "
+            f"(1) warm resolution ours {ours_s * 1e3:7.2f} ms, {ours_requests:.0f} requests | "
+            f"hf_hub_download {plain_s * 1e3:7.2f} ms, {plain_requests:.0f} requests | "
             f"ours = 1/{plain_s / ours_s:.0f} of its time"
         )
 
@@ -149,19 +129,8 @@ def main() -> None:
                 f"max {max(ratios):.3f} over {args.kills} kills (goal <= 1.05 for references)"
             )
 
-        # (3) cold throughput, fresh folders, alternating which goes first
-        speeds: dict[str, list[float]] = {"cache": [], "plain": []}
-        for run in range(args.repeat):
-            for mode in ("cache", "plain") if run % 2 == 0 else ("plain", "cache"):
-                (elapsed,), _ = timed(mode, base / "cold" / f"{mode}-{run}")
-                speeds[mode].append(size / elapsed / 1e6)
-                shutil.rmtree(base / "cold" / f"{mode}-{run}")  # the temp folder may be small
-        ours_speed, plain_speed = statistics.median(speeds["cache"]), statistics.median(speeds["plain"])
-        print(
-            f"(3) cold throughput ours {ours_speed:6.1f} MB/s (best {max(speeds['cache']):.1f}) | hf_hub_download "
-            f"{plain_speed:6.1f} MB/s (best {max(speeds['plain']):.1f}) | ours = {ours_speed / plain_speed:.2f}x "
-            f"median, {max(speeds['cache']) / max(speeds['plain']):.2f}x best (goal >= 1.0x)"
-        )
+        # (3) cold throughput
+        print(throughput_line(clients.cold(base / "cold", args.repeat, size), "hf_hub_download", ">= 1.0x"))
 
 
 if __name__ == "__main__":

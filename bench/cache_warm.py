@@ -14,18 +14,16 @@ Clients run in their own processes (the server keeps this one) and time only the
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
+from hub_clients import Clients, print_timings, throughput_line
 from hub_server import FakeHub, FakeRepo
 
 REPO_ID = "bench/model"
@@ -50,12 +48,7 @@ def driver(mode: str, target: str, repeat: int) -> None:
         def call() -> None:
             snapshot_download(REPO_ID, local_dir=target)
 
-    timings = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - started)
-    print(json.dumps(timings))
+    print_timings(call, repeat)
 
 
 def main() -> None:
@@ -81,39 +74,15 @@ def main() -> None:
     size = sum(len(data) for data in files.values())
     with FakeHub([repo]) as hub, tempfile.TemporaryDirectory(prefix="cache-bench-") as tmp:
         base = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-        env.update(
-            HF_ENDPOINT=hub.endpoint,
-            HF_HOME=str(base / "hf-home"),
-            HF_HUB_DISABLE_PROGRESS_BARS="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
-            PYTHONPATH=str(ROOT),
-        )
-
-        def spawn(mode: str, target: Path, repeat: int = 1) -> subprocess.Popen[str]:
-            command = [sys.executable, __file__, "--driver", mode, str(target), str(repeat)]
-            return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-
-        def timed(mode: str, target: Path, repeat: int = 1) -> tuple[list[float], int]:
-            """Timings of `repeat` calls in one client process, and the requests they made."""
-            hub.reset_stats()
-            proc = spawn(mode, target, repeat)
-            out, _ = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(f"{mode} client failed")
-            return json.loads(out), hub.stats.total_requests
-
+        clients = Clients(__file__, hub, base)
         print(f"model: {len(files)} files, {size / 1e6:.1f} MB, fake Hub at {hub.endpoint}")
 
         # (1) warm start: publish / download once, then time repeated calls on the warm folders.
-        timed("cache", base / "warm" / "models")
-        timed("plain", base / "warm" / "plain")
-        ours, ours_requests = timed("cache", base / "warm" / "models", args.repeat)
-        plain, plain_requests = timed("plain", base / "warm" / "plain", args.repeat)
-        ours_s, plain_s = statistics.median(ours), statistics.median(plain)
+        warm = clients.warm(base / "warm", args.repeat)
+        (ours_s, ours_requests), (plain_s, plain_requests) = warm["cache"], warm["plain"]
         print(
-            f"(1) warm start      ours {ours_s * 1e3:8.2f} ms, {ours_requests / args.repeat:.0f} requests | "
-            f"snapshot_download {plain_s * 1e3:8.2f} ms, {plain_requests / args.repeat:.0f} requests | "
+            f"(1) warm start      ours {ours_s * 1e3:8.2f} ms, {ours_requests:.0f} requests | "
+            f"snapshot_download {plain_s * 1e3:8.2f} ms, {plain_requests:.0f} requests | "
             f"ours = 1/{plain_s / ours_s:.0f} of its time (goal <= 1/20)"
         )
 
@@ -124,7 +93,7 @@ def main() -> None:
             target = base / "concurrent" / (mode == "cache" and "models" or "plain")
             hub.reset_stats()
             started = time.perf_counter()
-            procs = [spawn(mode, target) for _ in range(args.workers)]
+            procs = [clients.spawn(mode, target) for _ in range(args.workers)]
             failed = sum(p.wait() != 0 for p in procs)
             ratios[mode] = (hub.stats.file_bytes / size, time.perf_counter() - started, failed)
         hub.throttle_bps = 0
@@ -138,19 +107,9 @@ def main() -> None:
             f"({plain_failed} failed) | goal 1.0x"
         )
 
-        # (3) cold throughput: fresh folders, unthrottled, alternating which goes first.
-        speeds: dict[str, list[float]] = {"cache": [], "plain": []}
-        for run in range(args.repeat):
-            for mode in ("cache", "plain") if run % 2 == 0 else ("plain", "cache"):
-                (elapsed,), _ = timed(mode, base / "cold" / f"{mode}-{run}")
-                speeds[mode].append(size / elapsed / 1e6)
-        # On a shared machine the median moves with the neighbours' load; the best run shows the intrinsic speed.
-        ours_speed, plain_speed = statistics.median(speeds["cache"]), statistics.median(speeds["plain"])
-        ours_best, plain_best = max(speeds["cache"]), max(speeds["plain"])
+        # (3) cold throughput
         print(
-            f"(3) cold throughput ours {ours_speed:6.1f} MB/s (best {ours_best:.1f}) | snapshot_download "
-            f"{plain_speed:6.1f} MB/s (best {plain_best:.1f}) | ours = {ours_speed / plain_speed:.2f}x median, "
-            f"{ours_best / plain_best:.2f}x best (goal >= 0.95x)"
+            throughput_line(clients.cold(base / "cold", args.repeat, size), "snapshot_download", ">= 0.95x")
         )
 
 
