@@ -189,6 +189,60 @@ def test_finished_results_expire(pod: RunningPod) -> None:
     assert not (pod.job_data / ".pod" / f"{queued}.json").exists()
 
 
+def test_a_jobs_ttl_ends_it_whatever_its_state(pod: RunningPod) -> None:
+    """policy.ttl counts from submission, as on RunPod: a job queued past it never runs, a running one stops at
+    its next step, and either is then gone (404); a finished one goes at its ttl if that comes before its
+    retention."""
+    running = post(pod, "run", {"input": LONG_IMAGE, "policy": {"ttl": 1500}}).json()["id"]
+    queued = post(pod, "run", {"input": IMAGE, "policy": {"ttl": 800}}).json()["id"]
+    wait_running(pod, running)
+    deadline = time.monotonic() + 30
+    while requests.get(f"{pod.url}/status/{running}", headers=pod.auth, timeout=10).status_code != 404:
+        assert time.monotonic() < deadline, status(pod, running)
+        time.sleep(0.05)
+    assert requests.get(f"{pod.url}/status/{queued}", headers=pod.auth, timeout=10).status_code == 404
+    assert not (pod.job_data / queued).exists()  # it never ran
+    assert not (pod.job_data / ".pod" / f"{running}.json").exists()
+    # the queue goes on: the next job runs, and a finished one goes at its ttl, before its 30-minute retention
+    done = post(pod, "runsync", {"input": IMAGE, "policy": {"ttl": 60_000}}).json()
+    assert done["status"] == "COMPLETED"
+    brief = post(pod, "runsync", {"input": IMAGE, "policy": {"ttl": 1000}}).json()
+    assert brief["status"] == "COMPLETED" and status(pod, done["id"])["status"] == "COMPLETED"
+    time.sleep(1.1)
+    assert requests.get(f"{pod.url}/status/{brief['id']}", headers=pod.auth, timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("policy", "error"),
+    [
+        ({"ttl": "1h"}, "policy.ttl: milliseconds, more than 0 and at most 604800000 (7 days)"),
+        ({"executionTimeout": 0}, "policy.executionTimeout: milliseconds, more than 0 and at most 604800000"),
+        ({"lowPriority": "yes"}, "policy.lowPriority: true or false"),
+        ([1], "policy: expected an object"),
+    ],
+)
+def test_a_bad_policy_is_refused_naming_its_field(pod: RunningPod, policy: Any, error: str) -> None:
+    refused = post(pod, "run", {"input": IMAGE, "policy": policy})
+    assert refused.status_code == 400 and refused.json()["error"].startswith(error)
+
+
+def test_bodies_past_the_hosted_limits_are_refused(pod: RunningPod) -> None:
+    big = {"input": {**IMAGE, "prompt": "x" * (11 * 1024 * 1024)}}
+    refused = post(pod, "run", big)
+    assert refused.status_code == 413
+    assert refused.json() == {"error": "body: larger than the 10 MB this route takes (as on RunPod)"}
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it comes
+        yield b'{"input": {"prompt": "'
+        for _ in range(21):
+            yield b"x" * (1024 * 1024)
+        yield b'"}}'
+
+    streamed = requests.post(f"{pod.url}/runsync", data=chunks(), headers=pod.auth, timeout=60)
+    assert streamed.status_code == 413 and "20 MB" in streamed.json()["error"]
+    assert post(pod, "runsync", {"input": IMAGE}).json()["status"] == "COMPLETED"
+
+
 def test_records_survive_a_restart(pod: RunningPod) -> None:
     finished = post(pod, "runsync", {"input": IMAGE}).json()
     # a job that was running when the server died: its record on the volume still says IN_PROGRESS

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from worker.config import Settings
-from worker.pod.job_queue import PodQueue, UnknownJobError
+from worker.pod.job_queue import PodQueue, UnknownJobError, policy_problem
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,32 @@ def _not_found(job_id: str) -> JSONResponse:
     )
 
 
-async def _request_body(request: Request) -> dict[str, Any] | JSONResponse:
+# the hosted API's payload limits: what a job sends a pod, it could send the endpoint
+RUN_BODY_LIMIT = 10 * 1024 * 1024
+RUNSYNC_BODY_LIMIT = 20 * 1024 * 1024
+
+
+async def _request_body(request: Request, limit: int) -> dict[str, Any] | JSONResponse:
+    too_large = JSONResponse(
+        {"error": f"body: larger than the {limit // (1024 * 1024)} MB this route takes (as on RunPod)"},
+        status_code=413,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return too_large
+    raw = bytearray()
+    async for chunk in request.stream():  # a body without a length is counted as it comes
+        raw += chunk
+        if len(raw) > limit:
+            return too_large
     try:
-        body = json.loads(await request.body() or b"null")
+        body = json.loads(bytes(raw) or b"null")
     except ValueError:
         return JSONResponse({"error": "body: not valid JSON"}, status_code=400)
     if not isinstance(body, dict) or "input" not in body:
         return JSONResponse({"error": 'input: required; send {"input": {...}}'}, status_code=400)
+    if (problem := policy_problem(body)) is not None:
+        return JSONResponse({"error": problem}, status_code=400)
     return body
 
 
@@ -129,7 +148,7 @@ def create_app(queue: PodQueue, api_key: str | None, *, ui: bool = True) -> PodG
 
     @app.post("/run")
     async def run(request: Request) -> Response:
-        body = await _request_body(request)
+        body = await _request_body(request, RUN_BODY_LIMIT)
         if isinstance(body, JSONResponse):
             return body
         record = queue.submit(body)
@@ -137,7 +156,7 @@ def create_app(queue: PodQueue, api_key: str | None, *, ui: bool = True) -> PodG
 
     @app.post("/runsync")
     async def runsync(request: Request, wait: int = _RUNSYNC_DEFAULT_WAIT_MS) -> Response:
-        body = await _request_body(request)
+        body = await _request_body(request, RUNSYNC_BODY_LIMIT)
         if isinstance(body, JSONResponse):
             return body
         record = queue.submit(body, sync=True)

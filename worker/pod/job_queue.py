@@ -2,7 +2,8 @@
 
 A job goes IN_QUEUE → IN_PROGRESS → COMPLETED / FAILED / CANCELLED / TIMED_OUT. A finished job's record is kept
 `retention_s` after it ended (30 minutes after `/run`, 1 minute after `/runsync`, as on RunPod), then forgotten;
-its files stay on the volume. Records are on the volume (`job_records`), so a restart picks up where it was: queued
+its files stay on the volume. A job with `policy.ttl` is gone once that long has passed since it was submitted,
+whatever its state, as on RunPod: still queued, it never runs; running, it stops at its next step. Records are on the volume (`job_records`), so a restart picks up where it was: queued
 jobs and a job that was running when the server stopped run (again) in their order.
 """
 
@@ -107,17 +108,17 @@ class PodQueue:
     # -- requests --------------------------------------------------------------------------------------------
 
     def submit(self, request: dict[str, Any], *, sync: bool = False) -> JobRecord:
-        """Queue `{"input": ..., "webhook"?, "policy"?, "s3Config"?}`; `sync` for `/runsync`'s retention."""
-        policy = request.get("policy") if isinstance(request.get("policy"), dict) else {}
-        timeout_ms = policy.get("executionTimeout")
+        """Queue `{"input": ..., "webhook"?, "policy"?, "s3Config"?}` (its policy checked by `policy_problem`);
+        `sync` for `/runsync`'s retention."""
+        policy = request.get("policy") or {}
+        timeout_ms, ttl_ms = policy.get("executionTimeout"), policy.get("ttl")
         record = JobRecord(
             id=new_job_id(),
             request={key: request[key] for key in ("input", "s3Config") if key in request},
             retention_s=self.runsync_retention_s if sync else self.run_retention_s,
             webhook=request.get("webhook") if isinstance(request.get("webhook"), str) else None,
-            execution_timeout_s=timeout_ms / 1000
-            if isinstance(timeout_ms, int | float) and timeout_ms > 0
-            else None,
+            execution_timeout_s=timeout_ms / 1000 if timeout_ms is not None else None,
+            ttl_s=ttl_ms / 1000 if ttl_ms is not None else None,
         )
         with self._cond:
             self._save(record)
@@ -242,6 +243,7 @@ class PodQueue:
     def _run_loop(self) -> None:
         while True:
             with self._cond:
+                self._expire()  # a queued job whose ttl ended never starts
                 while not self._queue and not self._stopping:
                     self._cond.wait(_SWEEP_S)
                     self._expire()
@@ -254,9 +256,15 @@ class PodQueue:
             self._run(record, cancel_event)
 
     def _run(self, record: JobRecord, cancel_event: threading.Event) -> None:
-        timer = None
+        timers = []
         if record.execution_timeout_s is not None:
-            timer = threading.Timer(record.execution_timeout_s, self._time_out, (record.id, cancel_event))
+            timers.append(
+                threading.Timer(record.execution_timeout_s, self._time_out, (record.id, cancel_event))
+            )
+        if record.ttl_s is not None:
+            left = record.submitted_at + record.ttl_s - time.time()
+            timers.append(threading.Timer(max(left, 0.0) + 0.01, self._ttl_ended))
+        for timer in timers:
             timer.start()
         assert self.worker is not None
         try:
@@ -265,12 +273,15 @@ class PodQueue:
             log.exception("job %s: the worker raised", record.id)
             answer = {"error": f"internal error: {type(error).__name__}: {error}"}
         finally:
-            if timer is not None:
+            for timer in timers:
                 timer.cancel()
         with self._cond:
             self._cancel.pop(record.id, None)
             if self._stopping and cancel_event.is_set():
                 return  # the server is stopping: the record stays IN_PROGRESS and runs again after a restart
+            if self._records.get(record.id) is not record:
+                log.info("job %s: stopped; its ttl ended while it ran", record.id)
+                return  # expired meanwhile: its record is gone, as on RunPod
             if record.final:
                 log.info("job %s: stopped after its cancel", record.id)
                 return  # cancel() recorded it while it was stopping
@@ -283,6 +294,10 @@ class PodQueue:
                 self._finish(record, CANCELLED, str(error))
             else:
                 self._finish(record, FAILED, str(error))
+
+    def _ttl_ended(self) -> None:
+        with self._cond:
+            self._expire()
 
     def _time_out(self, job_id: str, cancel_event: threading.Event) -> None:
         with self._cond:
@@ -316,9 +331,16 @@ class PodQueue:
     def _expire(self) -> None:
         now = time.time()
         for job_id in [job_id for job_id, record in self._records.items() if record.expired(now)]:
-            del self._records[job_id]
+            record = self._records.pop(job_id)
             self._stream.pop(job_id, None)
             self._forget_files(job_id)
+            if record.final:
+                continue
+            log.info("job %s: its ttl ended while it was %s; removed", job_id, record.status)
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+            if (event := self._cancel.get(job_id)) is not None:
+                event.set()  # running: it stops at its next step
 
     def _save(self, record: JobRecord) -> None:
         assert self._files is not None, "bind(worker) first"
@@ -327,3 +349,25 @@ class PodQueue:
     def _forget_files(self, job_id: str) -> None:
         assert self._files is not None
         self._files.remove(job_id)
+
+
+_MAX_POLICY_MS = 7 * 24 * 3600 * 1000  # the hosted API's limit for both
+
+
+def policy_problem(request: dict[str, Any]) -> str | None:
+    """What is wrong with a request's `policy`, named as `policy.<field>`; None when nothing is. The hosted API's
+    minimums (5 s, 10 s) are not kept: on a pod, tests and quick checks may want less."""
+    policy = request.get("policy")
+    if policy is None:
+        return None
+    if not isinstance(policy, dict):
+        return 'policy: expected an object such as {"executionTimeout": 600000, "ttl": 86400000}'
+    for name in ("executionTimeout", "ttl"):
+        value = policy.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= _MAX_POLICY_MS:
+            return f"policy.{name}: milliseconds, more than 0 and at most {_MAX_POLICY_MS} (7 days)"
+    if not isinstance(policy.get("lowPriority", False), bool):
+        return "policy.lowPriority: true or false"
+    return None

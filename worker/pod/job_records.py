@@ -44,6 +44,7 @@ class JobRecord:
     error: str | None = None
     webhook: str | None = None
     execution_timeout_s: float | None = None
+    ttl_s: float | None = None  # the job's whole life from submission (policy.ttl): gone once it ends
     retries: int = 0
 
     @property
@@ -56,6 +57,8 @@ class JobRecord:
         return str(job_input.get("type", "")) if isinstance(job_input, dict) else ""
 
     def expired(self, now: float) -> bool:
+        if self.ttl_s is not None and now > self.submitted_at + self.ttl_s:
+            return True
         return self.finished_at is not None and now > self.finished_at + self.retention_s
 
     def body(self, output: Any = None) -> dict[str, Any]:
