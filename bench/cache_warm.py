@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from hub_clients import Clients, print_timings, throughput_line
 from hub_server import FakeHub, FakeRepo
+
+from bench.hub_clients import Clients, print_timings, throughput_line
 
 REPO_ID = "bench/model"
 

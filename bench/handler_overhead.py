@@ -49,11 +49,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as volume:
         settings = Settings(volume_root=Path(volume), model_profile="tiny", worker_jobs=("image",))
         worker = Worker(settings).start()
-        raw = {"type": "image", "prompt": "a lighthouse", "width": args.size, "height": args.size,
-               "steps": args.steps, "seed": 1}
+        raw = {
+            "type": "image",
+            "prompt": "a lighthouse",
+            "width": args.size,
+            "height": args.size,
+            "steps": args.steps,
+            "seed": 1,
+        }
         job = {"id": "bench", "input": raw}
         timed = TimedPipeline(worker.pipeline("image"))
-        worker._pipelines["image"] = timed  # the bench's only reach inside: time run() within each handled job
+        worker._pipelines["image"] = (
+            timed  # the bench's only reach inside: time run() within each handled job
+        )
 
         def direct() -> float:
             folder = worker.store.job("bench-direct")
@@ -91,16 +99,22 @@ def main() -> None:
         loop.close()
 
     base = statistics.median(direct_s)
-    print(f"tiny SDXL {args.size}x{args.size}, {args.steps} step(s), {args.runs} runs each, device {worker.device}")
+    print(
+        f"tiny SDXL {args.size}x{args.size}, {args.steps} step(s), {args.runs} runs each, device {worker.device}"
+    )
     print(f"pipeline.run called directly: median {base * 1e3:.2f} ms")
     print(f"{'path':<16} {'median ms':>10} {'ratio':>7} {'own cost ms (median / p90)':>28}")
     for name in paths:
         own = sorted(overheads[name])
         p90 = own[int(0.9 * (len(own) - 1))]
         median = statistics.median(totals[name])
-        print(f"{name:<16} {median * 1e3:>10.2f} {median / base:>7.3f} {statistics.median(own) * 1e3:>14.2f} / {p90 * 1e3:.2f}")
-    print("own cost: the job's time in the handler minus its time in pipeline.run (schema, dispatch, store, "
-          "result.json, thread hop); goal <= 5 ms")
+        print(
+            f"{name:<16} {median * 1e3:>10.2f} {median / base:>7.3f} {statistics.median(own) * 1e3:>14.2f} / {p90 * 1e3:.2f}"
+        )
+    print(
+        "own cost: the job's time in the handler minus its time in pipeline.run (schema, dispatch, store, "
+        "result.json, thread hop); goal <= 5 ms"
+    )
 
 
 if __name__ == "__main__":
