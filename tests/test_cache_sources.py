@@ -60,13 +60,16 @@ def test_seeded_volume_serves_without_network(tmp_path: Path) -> None:
     assert file_digests(Path(seeded.stdout.strip())) == file_digests(checkout)
 
 
-def test_warm_fetches_the_families_and_engines_the_endpoint_picks(tmp_path: Path) -> None:
+def test_warm_fetches_the_families_and_engines_the_endpoint_picks(hub: FakeHub, tmp_path: Path) -> None:
     """`python -m cache warm` fetches what a worker with the same IMAGE_MODELS and MUSIC_MODELS fetches at start."""
-    env = cli_env(tmp_path / "volume", IMAGE_MODELS="z-image-turbo")
-    warm = run_cli("warm", "--jobs", "image", "--profile", "tiny", env=env)
+    spec = catalog.get("z-image-turbo", "production")
+    files = {path.replace("*", "model"): b"{}" for path in spec.required_files}
+    hub.add(FakeRepo(spec.parts[0].repo_id, files, commit=spec.parts[0].revision))
+    env = cli_env(tmp_path / "volume", hub, IMAGE_MODELS="z-image-turbo")
+    warm = run_cli("warm", "--jobs", "image", "--profile", "production", env=env)
 
     assert warm.returncode == 0, warm.stderr
-    assert [line.split("\t")[0] for line in warm.stdout.splitlines()] == ["z-image-tiny"]
+    assert [line.split("\t")[0] for line in warm.stdout.splitlines()] == ["z-image-turbo"]
     bad = run_cli("warm", "--jobs", "image", env={**env, "IMAGE_MODELS": "sd3"})
     assert bad.returncode != 0 and "IMAGE_MODELS: unknown image model(s) ['sd3']" in bad.stderr
     names = [
