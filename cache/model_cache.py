@@ -74,6 +74,7 @@ class ModelCache:
         self.max_bytes = max_bytes
         self.staging = Staging(self.models_dir / ".staging")
         self.locks_dir = self.models_dir / ".locks"
+        self._ref_context = RefContext(self.remote, self.models_dir / ".refs")
         self.usage = Usage(self.models_dir, lease_s)
         # on-demand models this process prefetched: never evicted while it runs (others see their keep marks)
         self.protected: set[str] = set()
@@ -136,7 +137,7 @@ class ModelCache:
         spec = self.ref_spec(ref)
         if (folder := self._ready(spec)) is not None:
             return ref_meta(folder)
-        source = RefSource(spec.parts[0], RefContext(self.remote, self.models_dir / ".refs"))
+        source = RefSource(spec.parts[0], self._ref_context)
         return dict(source.list().meta)
 
     def prefetch(self, refs: Iterable[str], timeout: float) -> dict[str, Path]:
@@ -241,8 +242,7 @@ class ModelCache:
         self, spec: ModelSpec, claim: Path, lease: ModelLease, seed_from: Path | None, reserved: ExitStack
     ) -> dict:
         parts = (Part(kind="local", path=str(seed_from)),) if seed_from else spec.parts
-        context = RefContext(self.remote, self.models_dir / ".refs")
-        sources = [open_source(part, self.runpod_hf_cache_dir, context) for part in parts]
+        sources = [open_source(part, self.runpod_hf_cache_dir, self._ref_context) for part in parts]
         listings: list[Listing | None] = []
         for part, source in zip(parts, sources):
             lease.check()

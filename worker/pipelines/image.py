@@ -118,11 +118,14 @@ class ImagePipeline:
             yield with_repo_family(job, resident.family.name), resident, 0.0
             return
         started = time.perf_counter()
-        if named := self.refs.describe(job.model, "model").get("pipeline"):
-            with_repo_family(job, _repo_family(named, job.model).name)  # raises for a job it cannot run
+        named = self.refs.describe(job.model, "model").get("pipeline")
+        family = _repo_family(named, job.model) if named else None
+        if family is not None:
+            job = with_repo_family(job, family.name)  # a job the family cannot run goes no further
         with self.refs.use(job.model, None, "model") as folder:
-            family = _repo_family(repo_pipeline_class(folder), job.model)
-            job = with_repo_family(job, family.name)
+            if family is None:  # resolved by an earlier cache, which did not record the pipeline
+                family = _repo_family(repo_pipeline_class(folder), job.model)
+                job = with_repo_family(job, family.name)
             try:
                 resident, _ = self.families.activate_folder(job.model, family, folder)
             except Exception as err:
