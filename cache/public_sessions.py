@@ -68,15 +68,8 @@ def public_session() -> requests.Session:
     return session
 
 
-def refused_private(error: BaseException) -> str | None:
-    """The reason, when a requests error is a connection refused by the public-address check."""
-    seen: BaseException | None = error
-    while seen is not None:
-        for arg in (seen, *getattr(seen, "args", ())):
-            if isinstance(arg, PrivateAddressError):
-                return str(arg).split(": ", 1)[-1]
-            reason = getattr(arg, "reason", None)
-            if isinstance(reason, PrivateAddressError):
-                return str(reason).split(": ", 1)[-1]
-        seen = seen.__cause__ or seen.__context__
-    return None
+def refused_private(error: requests.RequestException) -> str | None:
+    """The reason, when a requests error is a connection refused by the public-address check (requests wraps it
+    as ConnectionError(MaxRetryError(reason=PrivateAddressError)))."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return str(reason).split(": ", 1)[-1] if isinstance(reason, PrivateAddressError) else None
